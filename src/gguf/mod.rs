@@ -1,0 +1,10 @@
+//! GGUF container: reader (zero-copy over a memory map) and writer.
+
+mod reader;
+mod storage;
+mod types;
+mod value;
+
+pub use reader::{DEFAULT_ALIGNMENT, Gguf, GgufError, MAGIC, TensorInfo};
+pub use types::GgmlType;
+pub use value::{Value, ValueType};
