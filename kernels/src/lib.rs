@@ -1,1 +1,55 @@
+//! Compute kernels for BitNet b1.58: pure arithmetic, no I/O.
+//!
+//! `scalar` is the reference every other kernel is tested against. The types here are
+//! the kernel API: weights prepared once at load, a block of per-token int8
+//! activations, an output slice, and a row range so that threads can split the work.
+
+pub mod layout;
 pub mod scalar;
+
+/// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
+#[derive(Clone, Copy)]
+pub struct I2sMatrix<'a> {
+    /// `rows * cols / 4` bytes of 2-bit codes (see [`layout`]).
+    pub codes: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+    /// The tensor's single weight scale (mean |w| of the original weights).
+    pub scale: f32,
+}
+
+/// Activations of a block of tokens quantized to int8, one scale per token.
+/// Kept between calls so that quantizing allocates nothing once warm.
+#[derive(Default)]
+pub struct QuantizedActs {
+    k: usize,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl QuantizedActs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn reset(&mut self, k: usize, n_tokens: usize) {
+        self.k = k;
+        self.q.resize(k * n_tokens, 0);
+        self.scales.resize(n_tokens, 0.0);
+        self.sums.resize(n_tokens, 0);
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.scales.len()
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Token `t`: its int8 values, its scale (127 / max|x|) and the sum of its values.
+    pub fn token(&self, t: usize) -> (&[i8], f32, i32) {
+        (&self.q[t * self.k..(t + 1) * self.k], self.scales[t], self.sums[t])
+    }
+}

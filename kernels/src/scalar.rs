@@ -1,0 +1,239 @@
+//! Scalar reference kernels: the executable specification that every fast kernel
+//! is tested against. Written for clarity first; integer sums are exact.
+
+use std::ops::Range;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
+use crate::{I2sMatrix, QuantizedActs};
+
+/// bitnet.cpp's `quantize_row_i8_s`: scale = 127 / max(|x|, 1e-5) (max taken in
+/// double), q = round-half-to-even(x * scale) clamped to [-128, 127], plus the sum of q.
+pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let max = x.iter().fold(1e-5f64, |m, &v| m.max(f64::from(v.abs())));
+    let scale = (127.0 / max) as f32;
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(x) {
+        let r = (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *q = r;
+        sum += i32::from(r);
+    }
+    (scale, sum)
+}
+
+/// Quantizes `x` (tokens of `k` values each) into `acts`, reusing its buffers.
+pub fn quantize_acts(x: &[f32], k: usize, acts: &mut QuantizedActs) {
+    acts.reset(k, x.len() / k);
+    for (t, row) in x.chunks_exact(k).enumerate() {
+        let (scale, sum) = quantize_row_i8(row, &mut acts.q[t * k..(t + 1) * k]);
+        acts.scales[t] = scale;
+        acts.sums[t] = sum;
+    }
+}
+
+/// Exact Σ t·q over one I2_S row (`codes` = the row's k/4 bytes, k a multiple of 128).
+pub fn i2s_dot(codes: &[u8], q: &[i8]) -> i32 {
+    let mut sum = 0i32;
+    for (block, qb) in codes.chunks_exact(I2S_BLOCK_BYTES).zip(q.chunks_exact(I2S_BLOCK)) {
+        for (j, &byte) in block.iter().enumerate() {
+            for group in 0..4 {
+                let code = (byte >> (6 - 2 * group)) & 3;
+                let t = i32::from(ternary_of_code(code));
+                sum += t * i32::from(qb[group * I2S_BLOCK_BYTES + j]);
+            }
+        }
+    }
+    sum
+}
+
+/// The float epilogue of a BitLinear output: exact integer sum back to real units.
+#[inline(always)]
+pub fn dequantize_sum(sum: i32, act_scale: f32, weight_scale: f32) -> f32 {
+    sum as f32 / act_scale * weight_scale
+}
+
+/// `out[t][r] = W[r] · x[t]` for rows `rows` of a ternary matrix and every token of
+/// `acts`. `out` holds `acts.n_tokens()` rows of `w.rows` values.
+pub fn i2s_matmul(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+    let row_bytes = w.cols / 4;
+    for t in 0..acts.n_tokens() {
+        let (q, scale, _) = acts.token(t);
+        for r in rows.clone() {
+            let sum = i2s_dot(&w.codes[r * row_bytes..(r + 1) * row_bytes], q);
+            out[t * w.rows + r] = dequantize_sum(sum, scale, w.scale);
+        }
+    }
+}
+
+/// Rounds activations to f16, as ggml does before an F16 matrix product.
+pub fn round_to_f16(x: &[f32], out: &mut Vec<f16>) {
+    out.clear();
+    out.resize(x.len(), f16::ZERO);
+    out.convert_from_f32_slice(x);
+}
+
+/// Dot product in f32 with eight partial sums (the summation shape of ggml's SIMD loop).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `out[t][r] = W[r] · x16[t]` for an F16 matrix of `cols` columns (the tied output
+/// embedding). `x16` holds the tokens already rounded to f16; `scratch` is reused.
+pub fn f16_matmul(
+    w: &[f16],
+    cols: usize,
+    x16: &[f16],
+    out: &mut [f32],
+    rows: Range<usize>,
+    scratch: &mut Vec<f32>,
+) {
+    let n_rows = w.len() / cols;
+    let n_tokens = x16.len() / cols;
+    scratch.resize(cols * (n_tokens + 1), 0.0);
+    let (row, xs) = scratch.split_at_mut(cols);
+    x16.convert_to_f32_slice(xs);
+    for r in rows {
+        w[r * cols..(r + 1) * cols].convert_to_f32_slice(row);
+        for t in 0..n_tokens {
+            out[t * n_rows + r] = dot_f32(row, &xs[t * cols..(t + 1) * cols]);
+        }
+    }
+}
+
+/// Q8_0: blocks of 32 int8 values with one f16 scale (34 bytes).
+pub const Q8_0_BLOCK: usize = 32;
+pub const Q8_0_BYTES: usize = 34;
+
+/// Quantizes activations to Q8_0 as ggml's x86 path does (scale 127/amax, round half
+/// to even), returning the blocks as bytes.
+pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    out.clear();
+    for block in x.chunks_exact(Q8_0_BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|&v| (v * id).round_ties_even() as i8 as u8));
+    }
+}
+
+/// Dot product of two Q8_0 rows of equal length (bytes of whole blocks).
+pub fn q8_0_dot(a: &[u8], b: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (ba, bb) in a.chunks_exact(Q8_0_BYTES).zip(b.chunks_exact(Q8_0_BYTES)) {
+        let da = f16::from_le_bytes([ba[0], ba[1]]).to_f32();
+        let db = f16::from_le_bytes([bb[0], bb[1]]).to_f32();
+        let sumi: i32 = ba[2..]
+            .iter()
+            .zip(&bb[2..])
+            .map(|(&x, &y)| i32::from(x as i8) * i32::from(y as i8))
+            .sum();
+        acc += da * db * sumi as f32;
+    }
+    acc
+}
+
+/// Dequantizes one Q8_0 row.
+pub fn dequantize_q8_0(bytes: &[u8], out: &mut [f32]) {
+    for (block, y) in bytes.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        for (y, &q) in y.iter_mut().zip(&block[2..]) {
+            *y = d * f32::from(q as i8);
+        }
+    }
+}
+
+/// Q6_K: super-blocks of 256 values in 210 bytes: 128 bytes of low nibbles, 64 bytes of
+/// high 2-bit pairs, 16 int8 sub-block scales, and an f16 super-scale.
+pub const Q6_K_BLOCK: usize = 256;
+pub const Q6_K_BYTES: usize = 210;
+
+/// Dequantizes one Q6_K row.
+pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
+    for (block, y) in bytes.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(Q6_K_BLOCK)) {
+        let (ql, rest) = block.split_at(128);
+        let (qh, rest) = rest.split_at(64);
+        let (scales, d) = rest.split_at(16);
+        let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
+        // Two halves of 128 values; each uses 64 low-nibble bytes, 32 high bytes, 8 scales.
+        for half in 0..2 {
+            let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &scales[8 * half..]);
+            let y = &mut y[128 * half..];
+            for l in 0..32 {
+                let is = l / 16;
+                let q = [
+                    (ql[l] & 0xf) | ((qh[l] & 3) << 4),
+                    (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4),
+                    (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                    (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                ];
+                for (quarter, &q) in q.iter().enumerate() {
+                    let scale = f32::from(sc[is + 2 * quarter] as i8);
+                    y[l + 32 * quarter] = d * scale * f32::from(q as i8 - 32);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{decode_i2s, encode_i2s};
+
+    #[test]
+    fn quantize_rounds_half_to_even_and_clamps() {
+        // max 127 gives scale 1, so halves stay halves.
+        let x = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -127.0];
+        let mut q = [0i8; 7];
+        let (scale, sum) = quantize_row_i8(&x, &mut q);
+        assert_eq!(scale, 1.0);
+        assert_eq!(q, [127, 0, 2, 2, 0, -2, -127]);
+        assert_eq!(sum, 127 + 2 + 2 - 2 - 127);
+    }
+
+    #[test]
+    fn quantize_zero_row_uses_floor() {
+        let mut q = [1i8; 4];
+        let (scale, sum) = quantize_row_i8(&[0.0; 4], &mut q);
+        assert_eq!(scale, (127.0f64 / 1e-5) as f32);
+        assert_eq!((q, sum), ([0; 4], 0));
+    }
+
+    #[test]
+    fn i2s_dot_equals_naive_sum() {
+        let k = 384;
+        let w: Vec<i8> = (0..k).map(|i| ((i * 5 + 1) % 3) as i8 - 1).collect();
+        let q: Vec<i8> = (0..k).map(|i| ((i * 37) % 256) as u8 as i8).collect();
+        let codes = encode_i2s(&w).unwrap();
+        let naive: i32 = w.iter().zip(&q).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+        assert_eq!(i2s_dot(&codes, &q), naive);
+        assert_eq!(decode_i2s(&codes, k), w);
+    }
+
+    #[test]
+    fn q8_0_round_trip_is_close() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.37).collect();
+        let mut bytes = Vec::new();
+        quantize_q8_0(&x, &mut bytes);
+        assert_eq!(bytes.len(), 2 * Q8_0_BYTES);
+        let mut y = vec![0f32; 64];
+        dequantize_q8_0(&bytes, &mut y);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() <= 0.37 * 34.0 / 127.0, "{a} vs {b}");
+        }
+    }
+}
