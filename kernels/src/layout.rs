@@ -56,7 +56,10 @@ impl std::fmt::Display for LayoutError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LayoutError::NotBlockMultiple { n } => {
-                write!(f, "{n} weights are not a multiple of the I2_S block of {I2S_BLOCK}")
+                write!(
+                    f,
+                    "{n} weights are not a multiple of the I2_S block of {I2S_BLOCK}"
+                )
             }
             LayoutError::NotTernary { index, value } => {
                 write!(f, "weight {index} is {value}, not -1, 0 or +1")
@@ -121,10 +124,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(encode_i2s(&[0; 100]), Err(LayoutError::NotBlockMultiple { n: 100 }));
+        assert_eq!(
+            encode_i2s(&[0; 100]),
+            Err(LayoutError::NotBlockMultiple { n: 100 })
+        );
         let mut w = vec![0i8; 128];
         w[77] = 2;
-        assert_eq!(encode_i2s(&w), Err(LayoutError::NotTernary { index: 77, value: 2 }));
+        assert_eq!(
+            encode_i2s(&w),
+            Err(LayoutError::NotTernary {
+                index: 77,
+                value: 2
+            })
+        );
     }
 
     #[test]

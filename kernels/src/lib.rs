@@ -50,6 +50,10 @@ impl QuantizedActs {
 
     /// Token `t`: its int8 values, its scale (127 / max|x|) and the sum of its values.
     pub fn token(&self, t: usize) -> (&[i8], f32, i32) {
-        (&self.q[t * self.k..(t + 1) * self.k], self.scales[t], self.sums[t])
+        (
+            &self.q[t * self.k..(t + 1) * self.k],
+            self.scales[t],
+            self.sums[t],
+        )
     }
 }

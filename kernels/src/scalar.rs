@@ -36,7 +36,10 @@ pub fn quantize_acts(x: &[f32], k: usize, acts: &mut QuantizedActs) {
 /// Exact Σ t·q over one I2_S row (`codes` = the row's k/4 bytes, k a multiple of 128).
 pub fn i2s_dot(codes: &[u8], q: &[i8]) -> i32 {
     let mut sum = 0i32;
-    for (block, qb) in codes.chunks_exact(I2S_BLOCK_BYTES).zip(q.chunks_exact(I2S_BLOCK)) {
+    for (block, qb) in codes
+        .chunks_exact(I2S_BLOCK_BYTES)
+        .zip(q.chunks_exact(I2S_BLOCK))
+    {
         for (j, &byte) in block.iter().enumerate() {
             for group in 0..4 {
                 let code = (byte >> (6 - 2 * group)) & 3;
@@ -126,7 +129,11 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend(block.iter().map(|&v| (v * id).round_ties_even() as i8 as u8));
+        out.extend(
+            block
+                .iter()
+                .map(|&v| (v * id).round_ties_even() as i8 as u8),
+        );
     }
 }
 
@@ -148,7 +155,10 @@ pub fn q8_0_dot(a: &[u8], b: &[u8]) -> f32 {
 
 /// Dequantizes one Q8_0 row.
 pub fn dequantize_q8_0(bytes: &[u8], out: &mut [f32]) {
-    for (block, y) in bytes.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+    for (block, y) in bytes
+        .chunks_exact(Q8_0_BYTES)
+        .zip(out.chunks_exact_mut(Q8_0_BLOCK))
+    {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
         for (y, &q) in y.iter_mut().zip(&block[2..]) {
             *y = d * f32::from(q as i8);
@@ -163,7 +173,10 @@ pub const Q6_K_BYTES: usize = 210;
 
 /// Dequantizes one Q6_K row.
 pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
-    for (block, y) in bytes.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(Q6_K_BLOCK)) {
+    for (block, y) in bytes
+        .chunks_exact(Q6_K_BYTES)
+        .zip(out.chunks_exact_mut(Q6_K_BLOCK))
+    {
         let (ql, rest) = block.split_at(128);
         let (qh, rest) = rest.split_at(64);
         let (scales, d) = rest.split_at(16);
@@ -219,7 +232,11 @@ mod tests {
         let w: Vec<i8> = (0..k).map(|i| ((i * 5 + 1) % 3) as i8 - 1).collect();
         let q: Vec<i8> = (0..k).map(|i| ((i * 37) % 256) as u8 as i8).collect();
         let codes = encode_i2s(&w).unwrap();
-        let naive: i32 = w.iter().zip(&q).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+        let naive: i32 = w
+            .iter()
+            .zip(&q)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
         assert_eq!(i2s_dot(&codes, &q), naive);
         assert_eq!(decode_i2s(&codes, k), w);
     }

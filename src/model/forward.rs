@@ -1,0 +1,397 @@
+//! The forward pass, step by step as bitnet.cpp's `build_bitnet_158` graph computes it.
+//!
+//! Numerics follow ggml where it matters for parity: RMSNorm sums squares in double,
+//! RoPE angles are built by repeated multiplication in f32, attention multiplies
+//! F16-rounded queries with the F16 KV cache and F16-rounded probabilities with V,
+//! and the tied output projection uses F16-rounded activations.
+
+use bitnet_kernels::{QuantizedActs, scalar};
+use half::f16;
+
+use super::hparams::{Arch, HParams};
+use super::weights::{Embedding, Ternary};
+use super::{Model, ModelError};
+use crate::gguf::GgmlType;
+
+/// Per-sequence state: the KV cache and the scratch buffers of one forward pass.
+/// Buffers grow to the largest batch seen and are reused, so steady-state decoding
+/// allocates nothing.
+pub struct Session {
+    n_ctx: usize,
+    n_past: usize,
+    /// `[layer][position][n_embd_kv]`, F16 like llama.cpp's default cache.
+    k_cache: Vec<f16>,
+    v_cache: Vec<f16>,
+    buf: Buffers,
+}
+
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    proj: Vec<f32>,
+    scores: Vec<f32>,
+    q16: Vec<f16>,
+    p16: Vec<f16>,
+    acts: QuantizedActs,
+    logits: Vec<f32>,
+    head_in: Vec<f16>,
+    head_q8: Vec<u8>,
+    head_scratch: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+impl Session {
+    /// A session with room for `n_ctx` tokens.
+    pub fn new(hp: &HParams, n_ctx: usize) -> Self {
+        let cache = hp.n_layer * n_ctx * hp.n_embd_kv();
+        Session {
+            n_ctx,
+            n_past: 0,
+            k_cache: vec![f16::ZERO; cache],
+            v_cache: vec![f16::ZERO; cache],
+            buf: Buffers::default(),
+        }
+    }
+
+    /// Tokens already in the cache.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Forgets everything after the first `n` tokens (a shared prefix stays valid).
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn kv_bytes(&self) -> usize {
+        (self.k_cache.len() + self.v_cache.len()) * 2
+    }
+}
+
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's, `[n_tokens][n_vocab]` (perplexity, `--logits-out`).
+    All,
+}
+
+impl Model {
+    /// Runs `tokens` at the positions after the session's cache and returns the
+    /// requested logits. On error (context full, bad token) the session is unchanged.
+    pub fn forward<'s>(
+        &self,
+        s: &'s mut Session,
+        tokens: &[u32],
+        want: Logits,
+    ) -> Result<&'s [f32], ModelError> {
+        let hp = &self.hparams;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        if s.n_past + tokens.len() > s.n_ctx {
+            return Err(ModelError::ContextFull {
+                n_ctx: s.n_ctx,
+                needed: s.n_past + tokens.len(),
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
+            return Err(ModelError::BadToken {
+                token: bad,
+                n_vocab: hp.n_vocab,
+            });
+        }
+        let file = self.file();
+        let (n, d, dkv, ff) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff);
+        let b = &mut s.buf;
+        b.x.resize(n * d, 0.0);
+        for (row, &tok) in b.x.chunks_exact_mut(d).zip(tokens) {
+            self.embedding_row(tok as usize, row);
+        }
+        rope_table(hp, s.n_past, n, &mut b.rope_cos, &mut b.rope_sin);
+
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            // Attention block.
+            rms_norm(&b.x, &layer.attn_norm, hp.rms_eps, &mut b.xn);
+            scalar::quantize_acts(&b.xn, d, &mut b.acts);
+            bitlinear(&layer.wq, file, &b.acts, &mut b.q);
+            bitlinear(&layer.wk, file, &b.acts, &mut b.k);
+            bitlinear(&layer.wv, file, &b.acts, &mut b.v);
+            apply_rope(&mut b.q, hp.head_dim, &b.rope_cos, &b.rope_sin);
+            apply_rope(&mut b.k, hp.head_dim, &b.rope_cos, &b.rope_sin);
+            let layer_cache = l * s.n_ctx * dkv;
+            for t in 0..n {
+                let at = layer_cache + (s.n_past + t) * dkv;
+                store_f16(&b.k[t * dkv..(t + 1) * dkv], &mut s.k_cache[at..at + dkv]);
+                store_f16(&b.v[t * dkv..(t + 1) * dkv], &mut s.v_cache[at..at + dkv]);
+            }
+            let cache_len = s.n_past + n;
+            let k_cache = &s.k_cache[layer_cache..layer_cache + cache_len * dkv];
+            let v_cache = &s.v_cache[layer_cache..layer_cache + cache_len * dkv];
+            attention(hp, s.n_past, k_cache, v_cache, b);
+            if let Some(w) = &layer.attn_sub_norm {
+                rms_norm_in_place(&mut b.attn, w, hp.rms_eps);
+            }
+            scalar::quantize_acts(&b.attn, d, &mut b.acts);
+            bitlinear(&layer.wo, file, &b.acts, &mut b.proj);
+            add(&mut b.x, &b.proj);
+
+            // Feed-forward block.
+            rms_norm(&b.x, &layer.ffn_norm, hp.rms_eps, &mut b.xn);
+            scalar::quantize_acts(&b.xn, d, &mut b.acts);
+            bitlinear(&layer.gate, file, &b.acts, &mut b.gate);
+            bitlinear(&layer.up, file, &b.acts, &mut b.up);
+            gated_activation(hp.arch, &mut b.gate, &b.up);
+            if let Some(w) = &layer.ffn_sub_norm {
+                rms_norm_in_place(&mut b.gate, w, hp.rms_eps);
+            }
+            scalar::quantize_acts(&b.gate, ff, &mut b.acts);
+            bitlinear(&layer.down, file, &b.acts, &mut b.proj);
+            add(&mut b.x, &b.proj);
+        }
+
+        let rows = match want {
+            Logits::Last => &b.x[(n - 1) * d..],
+            Logits::All => &b.x[..],
+        };
+        rms_norm(rows, &self.weights.output_norm, hp.rms_eps, &mut b.xn);
+        self.output_projection(b);
+        s.n_past += n;
+        Ok(&s.buf.logits)
+    }
+
+    /// Writes the embedding of `token` into `out`.
+    fn embedding_row(&self, token: usize, out: &mut [f32]) {
+        let e = &self.weights.embedding;
+        let start = e.bytes.start + token * e.row_bytes;
+        let row = &self.file()[start..start + e.row_bytes];
+        match e.ggml_type {
+            GgmlType::F16 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            GgmlType::F32 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+            GgmlType::Q8_0 => scalar::dequantize_q8_0(row, out),
+            GgmlType::Q6K => scalar::dequantize_q6_k(row, out),
+            other => unreachable!("embedding type {other} refused at load"),
+        }
+    }
+
+    /// logits = xn · token_embdᵀ with the activations quantized the way ggml does for
+    /// the embedding's type.
+    fn output_projection(&self, b: &mut Buffers) {
+        let hp = &self.hparams;
+        let Embedding {
+            ggml_type,
+            bytes,
+            row_bytes,
+        } = &self.weights.embedding;
+        let (d, vocab) = (hp.n_embd, hp.n_vocab);
+        let n = b.xn.len() / d;
+        b.logits.resize(n * vocab, 0.0);
+        let table = &self.file()[bytes.clone()];
+        match ggml_type {
+            GgmlType::F16 => {
+                scalar::round_to_f16(&b.xn, &mut b.head_in);
+                let w: &[f16] = bytemuck::cast_slice(table);
+                scalar::f16_matmul(
+                    w,
+                    d,
+                    &b.head_in,
+                    &mut b.logits,
+                    0..vocab,
+                    &mut b.head_scratch,
+                );
+            }
+            GgmlType::Q8_0 => {
+                for t in 0..n {
+                    scalar::quantize_q8_0(&b.xn[t * d..(t + 1) * d], &mut b.head_q8);
+                    for (r, row) in table.chunks_exact(*row_bytes).enumerate() {
+                        b.logits[t * vocab + r] = scalar::q8_0_dot(row, &b.head_q8);
+                    }
+                }
+            }
+            GgmlType::F32 | GgmlType::Q6K => {
+                b.head_scratch.resize(d, 0.0);
+                for r in 0..vocab {
+                    self.embedding_row(r, &mut b.head_scratch);
+                    for t in 0..n {
+                        let x = &b.xn[t * d..(t + 1) * d];
+                        b.logits[t * vocab + r] = scalar::dot_f32(&b.head_scratch, x);
+                    }
+                }
+            }
+            other => unreachable!("embedding type {other} refused at load"),
+        }
+    }
+}
+
+/// A BitLinear layer: ternary weights times per-token int8 activations.
+fn bitlinear(w: &Ternary, file: &[u8], acts: &QuantizedActs, out: &mut Vec<f32>) {
+    out.resize(acts.n_tokens() * w.rows, 0.0);
+    scalar::i2s_matmul(&w.view(file), acts, out, 0..w.rows);
+    if let Some(s) = w.out_scale {
+        out.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
+/// RMSNorm of each row of `x` into `out` (ggml: sum of squares in double, scale in f32).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend_from_slice(x);
+    rms_norm_in_place(out, w, eps);
+}
+
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let mean = (sum / row.len() as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// `gate ← act(gate) ⊙ up`: ReLU² for bitnet-b1.58, SiLU for the old bitnet.
+fn gated_activation(arch: Arch, gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let a = match arch {
+            Arch::BitnetB158 => {
+                let r = g.max(0.0);
+                r * r
+            }
+            Arch::Bitnet => *g / (1.0 + (-*g).exp()),
+        };
+        *g = a * u;
+    }
+}
+
+/// cos/sin of every (position, pair) for NEOX RoPE, `[n][head_dim / 2]`. The angle is
+/// built by repeated multiplication like ggml's rope cache, not by `powf` per pair.
+fn rope_table(hp: &HParams, pos0: usize, n: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    let half = hp.head_dim / 2;
+    let theta_scale = hp.rope_base.powf(-2.0 / hp.head_dim as f32);
+    cos.clear();
+    sin.clear();
+    for p in pos0..pos0 + n {
+        let mut theta = p as f32 * hp.rope_freq_scale;
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= theta_scale;
+        }
+    }
+}
+
+/// NEOX RoPE: rotates (x[i], x[i + head_dim/2]) of every head of every token.
+fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    let n = cos.len() / half;
+    let per_token = x.len() / n;
+    for (t, tok) in x.chunks_exact_mut(per_token).enumerate() {
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        for head in tok.chunks_exact_mut(head_dim) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x0, x1) = (a[i], b[i]);
+                a[i] = x0 * c[i] - x1 * s[i];
+                b[i] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+fn store_f16(src: &[f32], dst: &mut [f16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(s);
+    }
+}
+
+/// Causal GQA attention of the batch's queries (`b.q`) over the cache; writes the
+/// concatenated heads into `b.attn`.
+fn attention(hp: &HParams, n_past: usize, k_cache: &[f16], v_cache: &[f16], b: &mut Buffers) {
+    let (hd, dkv, d) = (hp.head_dim, hp.n_embd_kv(), hp.n_embd);
+    let group = hp.n_head / hp.n_head_kv;
+    let n = b.q.len() / d;
+    let scale = 1.0 / (hd as f32).sqrt();
+    b.attn.clear();
+    b.attn.resize(n * d, 0.0);
+    scalar::round_to_f16(&b.q, &mut b.q16);
+    for t in 0..n {
+        let visible = n_past + t + 1;
+        for h in 0..hp.n_head {
+            let kvh = h / group;
+            let q = &b.q16[t * d + h * hd..t * d + (h + 1) * hd];
+            b.scores.clear();
+            for j in 0..visible {
+                let k = &k_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
+                let dot: f32 = q.iter().zip(k).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+                b.scores.push(dot * scale);
+            }
+            softmax(&mut b.scores);
+            let out = &mut b.attn[t * d + h * hd..t * d + (h + 1) * hd];
+            let v_head = |j: usize| &v_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
+            if n > 1 {
+                // ggml's batched F16 x F32 product keeps the probabilities in f32.
+                for (j, &p) in b.scores.iter().enumerate() {
+                    for (o, v) in out.iter_mut().zip(v_head(j)) {
+                        *o += p * v.to_f32();
+                    }
+                }
+            } else {
+                // One token: ggml rounds the probabilities to f16 and, for a short
+                // cache, sums the products in double.
+                b.p16.clear();
+                b.p16.extend(b.scores.iter().map(|&p| f16::from_f32(p)));
+                for (i, o) in out.iter_mut().enumerate() {
+                    let sum: f64 = b
+                        .p16
+                        .iter()
+                        .enumerate()
+                        .map(|(j, p)| f64::from(p.to_f32() * v_head(j)[i].to_f32()))
+                        .sum();
+                    *o = sum as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Softmax in place (ggml: exponentials in f32, their sum in double).
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+}

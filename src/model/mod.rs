@@ -1,0 +1,84 @@
+//! A BitNet b1.58 model: hyper-parameters, weights bound in the mapped file, and the
+//! forward pass over a [`Session`] (KV cache).
+
+mod forward;
+mod hparams;
+mod weights;
+
+use std::path::Path;
+
+pub use forward::{Logits, Session};
+pub use hparams::{Arch, HParams};
+pub use weights::{Embedding, Layer, Ternary, Weights};
+
+use crate::gguf::{GgmlType, Gguf, GgufError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("metadata {key}: {problem}")]
+    Metadata { key: String, problem: String },
+    #[error("tensor {0} is missing")]
+    MissingTensor(String),
+    #[error("tensor {name} has shape {found:?}, expected {expected:?} from the metadata")]
+    TensorShape {
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
+    #[error("tensor {name} is {found}, expected {expected}")]
+    TensorType {
+        name: String,
+        found: GgmlType,
+        expected: &'static str,
+    },
+    #[error("tensor {name} at byte {offset}: {problem}")]
+    BadValue {
+        name: String,
+        offset: u64,
+        problem: String,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("context is full: {needed} tokens needed, the context holds {n_ctx} (raise -c)")]
+    ContextFull { n_ctx: usize, needed: usize },
+    #[error("token id {token} is outside the vocabulary of {n_vocab}")]
+    BadToken { token: u32, n_vocab: usize },
+    #[error("no tokens to evaluate")]
+    EmptyBatch,
+}
+
+/// A loaded model. The weights stay in the file map; `Model` is immutable and can be
+/// shared by reference between the threads that compute with it.
+pub struct Model {
+    pub gguf: Gguf,
+    pub hparams: HParams,
+    pub weights: Weights,
+}
+
+impl Model {
+    /// Maps, parses and validates a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        Self::from_gguf(Gguf::open(path)?)
+    }
+
+    pub fn from_gguf(gguf: Gguf) -> Result<Self, ModelError> {
+        let hparams = HParams::from_gguf(&gguf)?;
+        let weights = Weights::bind(&gguf, &hparams)?;
+        Ok(Model {
+            gguf,
+            hparams,
+            weights,
+        })
+    }
+
+    fn file(&self) -> &[u8] {
+        self.gguf.bytes()
+    }
+
+    /// A new session with room for `n_ctx` tokens (at most the trained context).
+    pub fn session(&self, n_ctx: usize) -> Session {
+        Session::new(&self.hparams, n_ctx)
+    }
+}

@@ -1,0 +1,54 @@
+//! The forward pass against the logits bitnet.cpp computed on the reference models.
+
+mod common;
+
+use bitnetd::model::{Logits, Model};
+use common::*;
+
+fn check_step0(model: &Model, case: &str) {
+    let r = read_tokens(&format!("{case}.tokens.txt"));
+    let want = read_f32(&format!("{case}.logits0.f32"));
+    let mut s = model.session(512);
+    let got = model.forward(&mut s, &r.prompt, Logits::Last).unwrap();
+    let diff = max_abs_diff(got, &want);
+    eprintln!("{case}: step-0 max |diff| = {diff}");
+    assert!(diff <= 1e-2, "{case}: step-0 logits differ by {diff}");
+    assert_eq!(top5(got), r.top5[0], "{case}: top-5 at step 0");
+}
+
+#[test]
+fn tiny_step0_logits_match_bitnet_cpp() {
+    let model = Model::load(reference("tiny-i2_s.gguf")).unwrap();
+    for case in ["tiny_p0", "tiny_p1", "tiny_p2"] {
+        check_step0(&model, case);
+    }
+}
+
+#[test]
+fn l3tiny_step0_logits_match_bitnet_cpp() {
+    let model = Model::load(reference("l3tiny-i2_s.gguf")).unwrap();
+    for case in ["l3tiny_r0", "l3tiny_r1", "l3tiny_r2", "l3tiny_c0"] {
+        check_step0(&model, case);
+    }
+}
+
+#[test]
+fn tiny_p0_all_steps_match_bitnet_cpp() {
+    let model = Model::load(reference("tiny-i2_s.gguf")).unwrap();
+    let r = read_tokens("tiny_p0.tokens.txt");
+    let all = read_f32("tiny_p0.logits_all.f32");
+    let vocab = model.hparams.n_vocab;
+    assert_eq!(all.len(), 32 * vocab);
+    let mut s = model.session(512);
+    let mut input = r.prompt.clone();
+    let mut worst = 0f32;
+    for (step, want) in all.chunks_exact(vocab).enumerate() {
+        let got = model.forward(&mut s, &input, Logits::Last).unwrap();
+        let diff = max_abs_diff(got, want);
+        worst = worst.max(diff);
+        assert!(diff <= 2e-2, "step {step}: logits differ by {diff}");
+        assert_eq!(top5(got), r.top5[step], "top-5 at step {step}");
+        input = vec![r.steps[step]];
+    }
+    eprintln!("tiny_p0: worst max |diff| over 32 steps = {worst}");
+}
