@@ -1,1 +1,4 @@
+pub mod app;
+pub mod chat;
 pub mod gguf;
+pub mod tokenizer;
