@@ -1,2 +1,5 @@
+pub mod app;
+pub mod chat;
 pub mod gguf;
 pub mod model;
+pub mod tokenizer;
