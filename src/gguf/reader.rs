@@ -14,7 +14,16 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml supports at most 4 dimensions.
 pub const MAX_DIMS: u32 = 4;
 /// Arrays nested deeper than this are refused (ggml never writes nested arrays).
-const MAX_ARRAY_DEPTH: u32 = 4;
+pub(crate) const MAX_ARRAY_DEPTH: u32 = 4;
+pub(crate) const ALIGNMENT_KEY: &str = "general.alignment";
+
+/// The tensor data alignment a `general.alignment` value asks for, if it is valid:
+/// an integer power of two, capped so padding stays small.
+pub(crate) fn alignment_from(value: &Value) -> Option<u64> {
+    value
+        .as_u64()
+        .filter(|a| a.is_power_of_two() && *a <= 1 << 16)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -176,7 +185,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
-        Ok(self.take(N as u64, what)?.try_into().expect("length checked"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("length checked"))
     }
 
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
@@ -190,6 +202,17 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let at = self.pos;
         let len = self.u64(&|| format!("length of {}", what()))?;
+        // Blame the length field, not the bytes after it.
+        if len > self.remaining() as u64 {
+            return corrupt(
+                at,
+                format!(
+                    "{} has length {len} but the file ends {} bytes later",
+                    what(),
+                    self.remaining()
+                ),
+            );
+        }
         let bytes = self.take(len, what)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
@@ -229,7 +252,10 @@ impl<'a> Cursor<'a> {
                 }
                 let elem_id = self.u32(&|| format!("array type of key {key:?}"))?;
                 let Some(elem) = ValueType::from_id(elem_id) else {
-                    return corrupt(at, format!("key {key:?}: unknown array element type {elem_id}"));
+                    return corrupt(
+                        at,
+                        format!("key {key:?}: unknown array element type {elem_id}"),
+                    );
                 };
                 let count_at = self.pos;
                 let count = self.u64(&|| format!("array length of key {key:?}"))?;
@@ -258,7 +284,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     let mut c = Cursor { buf, pos: 0 };
     let magic = c.array::<4>(&|| "the magic".into())?;
     if &magic != MAGIC {
-        return corrupt(0, format!("magic is {magic:02x?}, not \"GGUF\": not a GGUF file"));
+        return corrupt(
+            0,
+            format!("magic is {magic:02x?}, not \"GGUF\": not a GGUF file"),
+        );
     }
     let version = c.u32(&|| "the version".into())?;
     match version {
@@ -267,7 +296,12 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
             return corrupt(4, "big-endian GGUF is not supported");
         }
-        v => return corrupt(4, format!("unsupported GGUF version {v} (2 and 3 are read)")),
+        v => {
+            return corrupt(
+                4,
+                format!("unsupported GGUF version {v} (2 and 3 are read)"),
+            );
+        }
     }
     let n_tensors_at = c.pos;
     let n_tensors = c.u64(&|| "the tensor count".into())?;
@@ -276,13 +310,20 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     // Each metadata entry takes at least 8 (key length) + 4 (type) + 1 bytes; each
     // tensor info at least 8 + 4 + 4 + 8.
     if n_kv > c.remaining() as u64 / 13 {
-        return corrupt(n_kv_at, format!("metadata count {n_kv} cannot fit in the file"));
+        return corrupt(
+            n_kv_at,
+            format!("metadata count {n_kv} cannot fit in the file"),
+        );
     }
     if n_tensors > c.remaining() as u64 / 24 {
-        return corrupt(n_tensors_at, format!("tensor count {n_tensors} cannot fit in the file"));
+        return corrupt(
+            n_tensors_at,
+            format!("tensor count {n_tensors} cannot fit in the file"),
+        );
     }
 
     let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+    let mut alignment = DEFAULT_ALIGNMENT;
     let mut seen = HashMap::new();
     for i in 0..n_kv {
         let at = c.pos;
@@ -293,24 +334,28 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         let type_at = c.pos;
         let ty_id = c.u32(&|| format!("type of key {key:?}"))?;
         let Some(ty) = ValueType::from_id(ty_id) else {
-            return corrupt(type_at, format!("key {key:?} has unknown value type {ty_id}"));
+            return corrupt(
+                type_at,
+                format!("key {key:?} has unknown value type {ty_id}"),
+            );
         };
+        let value_at = c.pos;
         let value = c.value(ty, &key, 0)?;
+        if key == ALIGNMENT_KEY {
+            let Some(a) = alignment_from(&value) else {
+                return corrupt(
+                    value_at,
+                    format!(
+                        "{ALIGNMENT_KEY} is {} {}, not an integer power of two up to 65536",
+                        ty.name(),
+                        value.describe()
+                    ),
+                );
+            };
+            alignment = a;
+        }
         metadata.push((key, value));
     }
-
-    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some((_, v)) => match v.as_u64() {
-            Some(a) if a.is_power_of_two() && a <= 1 << 16 => a,
-            _ => {
-                return corrupt(
-                    0,
-                    format!("general.alignment is {}, not a power of two up to 65536", v.describe()),
-                );
-            }
-        },
-    };
 
     struct RawInfo {
         at: usize,
@@ -330,7 +375,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         let nd_at = c.pos;
         let n_dims = c.u32(&|| format!("dimension count of tensor {name:?}"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return corrupt(nd_at, format!("tensor {name:?} has {n_dims} dimensions (1 to 4 allowed)"));
+            return corrupt(
+                nd_at,
+                format!("tensor {name:?} has {n_dims} dimensions (1 to 4 allowed)"),
+            );
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
@@ -362,7 +410,10 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     let data_offset = (c.pos as u64).next_multiple_of(alignment);
     let file_len = buf.len() as u64;
     if data_offset > file_len {
-        return corrupt(c.pos, format!("file ends before the tensor data section ({data_offset})"));
+        return corrupt(
+            c.pos,
+            format!("file ends before the tensor data section ({data_offset})"),
+        );
     }
     let mut tensors = Vec::with_capacity(raw.len());
     for r in raw {
@@ -376,10 +427,26 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
                 ),
             );
         }
+        if r.dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .is_none()
+        {
+            return corrupt(
+                r.at,
+                format!(
+                    "tensor {name:?}: element count of shape {:?} overflows 64 bits",
+                    r.dims
+                ),
+            );
+        }
         let Some(size) = r.ggml_type.tensor_bytes(&r.dims) else {
             return corrupt(
                 r.at,
-                format!("tensor {name:?}: shape {:?} does not fit type {}", r.dims, r.ggml_type),
+                format!(
+                    "tensor {name:?}: shape {:?} does not fit type {}",
+                    r.dims, r.ggml_type
+                ),
             );
         };
         let end = data_offset

@@ -93,7 +93,10 @@ impl GgmlType {
                 let (k, m) = (ne0, n / ne0.max(1));
                 let three = k.checked_sub(256)?.checked_mul(m)? / 3 * 5 / 8;
                 let two = 256u64.checked_mul(m)? / 2 * 4 / 8;
-                three.checked_add(two)?.checked_next_multiple_of(32)?.checked_add(32)
+                three
+                    .checked_add(two)?
+                    .checked_next_multiple_of(32)?
+                    .checked_add(32)
             }
         }
     }
@@ -120,8 +123,14 @@ mod tests {
 
     #[test]
     fn bitnet_sizes_match_ggml_nbytes() {
-        assert_eq!(GgmlType::I2S.tensor_bytes(&[2560, 2560]), Some(2560 * 2560 / 4 + 32));
-        assert_eq!(GgmlType::F16.tensor_bytes(&[256, 50257]), Some(256 * 50257 * 2));
+        assert_eq!(
+            GgmlType::I2S.tensor_bytes(&[2560, 2560]),
+            Some(2560 * 2560 / 4 + 32)
+        );
+        assert_eq!(
+            GgmlType::F16.tensor_bytes(&[256, 50257]),
+            Some(256 * 50257 * 2)
+        );
         assert_eq!(GgmlType::Q8_0.tensor_bytes(&[64, 3]), Some(2 * 3 * 34));
         assert_eq!(GgmlType::Q8_0.tensor_bytes(&[65, 3]), None);
         assert_eq!(GgmlType::F32.tensor_bytes(&[u64::MAX, 2]), None);
