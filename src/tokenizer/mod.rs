@@ -183,22 +183,7 @@ impl Tokenizer {
             .zip(&types)
             .map(|(text, &ty)| piece::piece(spelling, &decoder, ty, text).into_boxed_slice())
             .collect();
-        let mut specials: Vec<Special> = (0u32..)
-            .zip(tokens.iter().zip(&types))
-            .filter(|(_, (text, ty))| {
-                !text.is_empty()
-                    && matches!(
-                        ty,
-                        TokenType::Control | TokenType::Unknown | TokenType::UserDefined
-                    )
-            })
-            .map(|(id, (text, ty))| Special {
-                text: (*text).to_owned(),
-                id,
-                needs_parse_special: *ty != TokenType::UserDefined,
-            })
-            .collect();
-        specials.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
+        let specials = special_tokens(&tokens, &types);
 
         // llama.cpp's defaults when the keys are absent: SentencePiece files
         // use 1/2 and add BOS; byte-level BPE adds BOS only for Llama 3.
@@ -375,6 +360,27 @@ impl Tokenizer {
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.piece(id)).copied().collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The tokens whose text `encode` looks for, longest first.
+fn special_tokens(tokens: &[&str], types: &[TokenType]) -> Vec<Special> {
+    let mut specials: Vec<Special> = (0u32..)
+        .zip(tokens.iter().zip(types))
+        .filter(|(_, (text, ty))| {
+            !text.is_empty()
+                && matches!(
+                    ty,
+                    TokenType::Control | TokenType::Unknown | TokenType::UserDefined
+                )
+        })
+        .map(|(id, (text, ty))| Special {
+            text: (*text).to_owned(),
+            id,
+            needs_parse_special: *ty != TokenType::UserDefined,
+        })
+        .collect();
+    specials.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
+    specials
 }
 
 /// `tokenizer.ggml.pre`, or the override, or a guess when the key is absent.

@@ -155,3 +155,20 @@ fn bad_metadata_errors_name_the_key() {
     let e = err(&[("tokenizer.ggml.model", str("bert"))]);
     assert!(e.contains("\"bert\""), "{e}");
 }
+
+#[test]
+fn missing_pre_key_on_a_llama3_vocabulary_picks_llama_bpe() {
+    let mut tokens: Vec<String> = (0..128_000).map(|i| format!("t{i}")).collect();
+    tokens.extend(["<|begin_of_text|>".to_owned(), "<|eot_id|>".to_owned()]);
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let g = gguf(&[
+        ("tokenizer.ggml.model", str("gpt2")),
+        ("tokenizer.ggml.tokens", strs(&tokens)),
+        ("tokenizer.ggml.merges", strs(&[])),
+    ]);
+    let t = Tokenizer::from_gguf(&g, None).unwrap();
+    assert_eq!(t.pretokenizer(), "llama-bpe");
+    // llama.cpp adds BOS by default for llama-bpe.
+    assert!(t.add_bos());
+    assert_eq!(t.eot(), Some(128_001));
+}
