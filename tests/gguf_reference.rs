@@ -1,6 +1,8 @@
 //! The reader against the files bitnet.cpp wrote (../shared/reference).
 
-use bitnetd::gguf::{GgmlType, Gguf};
+use std::io::{self, Write};
+
+use bitnetd::gguf::{GgmlType, Gguf, GgufWriter};
 
 const TINY: &str = "../shared/reference/tiny-i2_s.gguf";
 const L3TINY: &str = "../shared/reference/l3tiny-i2_s.gguf";
@@ -40,4 +42,57 @@ fn reads_l3tiny_reference_model() {
     for t in g.tensors() {
         eprintln!("{} {:?} {}", t.name, t.dims, t.ggml_type);
     }
+}
+
+/// A sink that compares the stream with the expected bytes as it arrives, so the
+/// 28 MB output is never held and the first difference is reported by position.
+struct Compare<'a> {
+    expected: &'a [u8],
+    pos: usize,
+}
+
+impl Write for Compare<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let want = self.expected.get(self.pos..self.pos + buf.len());
+        if want != Some(buf) {
+            let at = (0..buf.len())
+                .find(|&i| self.expected.get(self.pos + i) != Some(&buf[i]))
+                .unwrap_or(0);
+            return Err(io::Error::other(format!(
+                "first difference at byte {}",
+                self.pos + at
+            )));
+        }
+        self.pos += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn rewriting_tiny_reference_model_is_byte_identical() {
+    let g = Gguf::open(TINY).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.add_metadata(k, v.clone()).unwrap();
+    }
+    for t in g.tensors() {
+        w.add_tensor(&t.name, &t.dims, t.ggml_type).unwrap();
+    }
+    let mut cmp = Compare {
+        expected: g.bytes(),
+        pos: 0,
+    };
+    w.write(&mut cmp, |i, sink| {
+        sink.write_all(g.tensor_data(&g.tensors()[i]))
+    })
+    .unwrap();
+    assert_eq!(
+        cmp.pos,
+        g.bytes().len(),
+        "rewrite is shorter than the original"
+    );
 }

@@ -4,7 +4,9 @@ mod reader;
 mod storage;
 mod types;
 mod value;
+mod writer;
 
 pub use reader::{DEFAULT_ALIGNMENT, Gguf, GgufError, MAGIC, TensorInfo};
 pub use types::GgmlType;
 pub use value::{Value, ValueType};
+pub use writer::{GgufWriter, WriteError};

@@ -14,7 +14,16 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml supports at most 4 dimensions.
 pub const MAX_DIMS: u32 = 4;
 /// Arrays nested deeper than this are refused (ggml never writes nested arrays).
-const MAX_ARRAY_DEPTH: u32 = 4;
+pub(crate) const MAX_ARRAY_DEPTH: u32 = 4;
+pub(crate) const ALIGNMENT_KEY: &str = "general.alignment";
+
+/// The tensor data alignment a `general.alignment` value asks for, if it is valid:
+/// an integer power of two, capped so padding stays small.
+pub(crate) fn alignment_from(value: &Value) -> Option<u64> {
+    value
+        .as_u64()
+        .filter(|a| a.is_power_of_two() && *a <= 1 << 16)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -193,6 +202,17 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let at = self.pos;
         let len = self.u64(&|| format!("length of {}", what()))?;
+        // Blame the length field, not the bytes after it.
+        if len > self.remaining() as u64 {
+            return corrupt(
+                at,
+                format!(
+                    "{} has length {len} but the file ends {} bytes later",
+                    what(),
+                    self.remaining()
+                ),
+            );
+        }
         let bytes = self.take(len, what)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
@@ -303,6 +323,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     }
 
     let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+    let mut alignment = DEFAULT_ALIGNMENT;
     let mut seen = HashMap::new();
     for i in 0..n_kv {
         let at = c.pos;
@@ -318,25 +339,23 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
                 format!("key {key:?} has unknown value type {ty_id}"),
             );
         };
+        let value_at = c.pos;
         let value = c.value(ty, &key, 0)?;
-        metadata.push((key, value));
-    }
-
-    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some((_, v)) => match v.as_u64() {
-            Some(a) if a.is_power_of_two() && a <= 1 << 16 => a,
-            _ => {
+        if key == ALIGNMENT_KEY {
+            let Some(a) = alignment_from(&value) else {
                 return corrupt(
-                    0,
+                    value_at,
                     format!(
-                        "general.alignment is {}, not a power of two up to 65536",
-                        v.describe()
+                        "{ALIGNMENT_KEY} is {} {}, not an integer power of two up to 65536",
+                        ty.name(),
+                        value.describe()
                     ),
                 );
-            }
-        },
-    };
+            };
+            alignment = a;
+        }
+        metadata.push((key, value));
+    }
 
     struct RawInfo {
         at: usize,
@@ -405,6 +424,19 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
                 format!(
                     "tensor {name:?} data offset {} is not a multiple of the alignment {alignment}",
                     r.rel_offset
+                ),
+            );
+        }
+        if r.dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .is_none()
+        {
+            return corrupt(
+                r.at,
+                format!(
+                    "tensor {name:?}: element count of shape {:?} overflows 64 bits",
+                    r.dims
                 ),
             );
         }
