@@ -1,0 +1,124 @@
+//! `gen-dummy`: write a random ternary BitNet model (bitnet.cpp's
+//! generate-dummy-bitnet-model.py, without needing a real model directory).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::dummy::{self, DummySpec, ModelSize, OutType};
+use crate::model::Arch;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenDummyArgs {
+    /// Where to write the GGUF model.
+    #[arg(
+        short = 'o',
+        long = "outfile",
+        visible_alias = "output",
+        value_name = "PATH"
+    )]
+    pub outfile: PathBuf,
+    /// Graph to declare: `bitnet` (SiLU FFN) or `bitnet-b1.58` (ReLU² FFN). Default: the
+    /// preset's own (bitnet-b1.58 for tiny and 2B-4T, bitnet for the others).
+    #[arg(long, value_parser = parse_arch)]
+    pub arch: Option<Arch>,
+    /// Shape preset (the default is bitnet.cpp's generator's).
+    #[arg(long, value_enum, ignore_case = true, default_value = "7B")]
+    pub model_size: ModelSize,
+    /// Weight format.
+    #[arg(long, default_value = "i2_s", value_parser = str::parse::<OutType>)]
+    pub outtype: OutType,
+    /// Random seed: the same seed gives a byte-identical file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Copy the tokenizer (every tokenizer.* key) from this GGUF instead of the
+    /// built-in 4096-token BPE.
+    #[arg(long, value_name = "GGUF")]
+    pub tokenizer_from: Option<PathBuf>,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    match s {
+        "bitnet" => Ok(Arch::Bitnet),
+        "bitnet-b1.58" => Ok(Arch::BitnetB158),
+        _ => Err(format!("{s:?} is not bitnet or bitnet-b1.58")),
+    }
+}
+
+pub fn run(args: &GenDummyArgs) -> anyhow::Result<()> {
+    let spec = DummySpec {
+        size: args.model_size,
+        arch: args.arch,
+        outtype: args.outtype,
+        seed: args.seed,
+        tokenizer_from: args.tokenizer_from.clone(),
+    };
+    let s = dummy::generate(&spec, &args.outfile)
+        .with_context(|| format!("generating {}", args.outfile.display()))?;
+    println!(
+        "{}: {} {} random model, {:.1}M params, {} tokens, {} bytes",
+        s.path.display(),
+        s.arch,
+        args.model_size.name(),
+        s.n_params as f64 / 1e6,
+        s.n_vocab,
+        s.bytes
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: GenDummyArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<GenDummyArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("gen-dummy").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_follow_bitnet_cpp_generator() {
+        let a = parse(&["-o", "m.gguf"]).unwrap();
+        assert_eq!(a.model_size, ModelSize::B7);
+        assert_eq!(a.outtype, OutType::I2S);
+        assert_eq!(a.seed, 1);
+        assert_eq!(a.arch, None);
+        assert_eq!(a.tokenizer_from, None);
+    }
+
+    #[test]
+    fn accepts_aliases_and_case() {
+        let a = parse(&[
+            "--output",
+            "x.gguf",
+            "--model-size",
+            "2b-4t",
+            "--arch",
+            "bitnet",
+            "--seed",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(a.outfile, PathBuf::from("x.gguf"));
+        assert_eq!(a.model_size, ModelSize::B2_4T);
+        assert_eq!(a.arch, Some(Arch::Bitnet));
+        assert_eq!(a.seed, 9);
+    }
+
+    #[test]
+    fn rejects_other_outtypes_and_archs() {
+        let e = parse(&["-o", "m", "--outtype", "tl1"]).unwrap_err();
+        assert!(e.to_string().contains("kernels milestone"), "{e}");
+        assert!(parse(&["-o", "m", "--arch", "llama"]).is_err());
+        assert!(parse(&["-o", "m", "--model-size", "13B"]).is_err());
+        assert!(parse(&[]).is_err(), "the output path is required");
+    }
+}

@@ -1,0 +1,263 @@
+//! Random ternary BitNet models in bitnet.cpp's I2_S GGUF layout, for tests, benchmarks
+//! and the built-in demo. The weights are random: generated text is gibberish, but the
+//! files exercise exactly the code paths a real model does and load in bitnet.cpp too.
+//!
+//! Tensors are generated and written one chunk at a time, so even the 2B-4T shape never
+//! needs more than a few MB of memory.
+
+mod demo;
+mod presets;
+mod tensors;
+mod vocab;
+
+use std::fs::File;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub use demo::{DEMO_FILE_NAME, demo_model_in, demo_model_path};
+pub use presets::{ModelSize, Shape};
+pub use tensors::{Init, P_ZERO, PlannedTensor, TernarySampler, plan, ternary_scale};
+pub use vocab::{BUILTIN_VOCAB, END_OF_TEXT, TokenizerKv};
+
+use crate::gguf::{GgufWriter, Value, WriteError};
+use crate::model::{Arch, ModelError};
+
+/// `general.file_type` of an I2_S model (LLAMA_FTYPE_MOSTLY_I2_S in bitnet.cpp).
+const FILE_TYPE_I2_S: u32 = 40;
+/// Models smaller than this are written without a progress bar.
+const PROGRESS_MIN_BYTES: u64 = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DummyError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the tokenizer from {path}: {source}")]
+    TokenizerSource {
+        path: PathBuf,
+        source: crate::gguf::GgufError,
+    },
+    #[error("{0} has no tokenizer.ggml.tokens to copy")]
+    NoTokenizer(PathBuf),
+    #[error("training the built-in tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("building the GGUF header: {0}")]
+    Header(#[from] WriteError),
+    #[error(
+        "output type {0:?} is not supported: only i2_s is written for now (tl1 comes with the kernels milestone)"
+    )]
+    OutType(String),
+    #[error("no cache directory: neither XDG_CACHE_HOME nor HOME is set")]
+    NoCacheDir,
+    #[error("the generated model {path} does not load: {source}")]
+    Invalid { path: PathBuf, source: ModelError },
+}
+
+/// The weight format of a generated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutType {
+    I2S,
+}
+
+impl FromStr for OutType {
+    type Err = DummyError;
+
+    fn from_str(s: &str) -> Result<Self, DummyError> {
+        match s.to_ascii_lowercase().as_str() {
+            "i2_s" => Ok(OutType::I2S),
+            _ => Err(DummyError::OutType(s.to_owned())),
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct DummySpec {
+    pub size: ModelSize,
+    /// `None`: the preset's own arch.
+    pub arch: Option<Arch>,
+    pub outtype: OutType,
+    pub seed: u64,
+    /// Copy every `tokenizer.*` key from this GGUF instead of the built-in tokenizer.
+    pub tokenizer_from: Option<PathBuf>,
+}
+
+impl DummySpec {
+    /// `size` with its default arch, I2_S, seed 1 and the built-in tokenizer.
+    pub fn new(size: ModelSize) -> Self {
+        DummySpec {
+            size,
+            arch: None,
+            outtype: OutType::I2S,
+            seed: 1,
+            tokenizer_from: None,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct DummySummary {
+    pub path: PathBuf,
+    /// The `general.architecture` string.
+    pub arch: &'static str,
+    pub n_vocab: usize,
+    /// Elements of all tensors.
+    pub n_params: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// The architecture string written for `arch`.
+pub fn arch_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::BitnetB158 => "bitnet-b1.58",
+        Arch::Bitnet => "bitnet",
+    }
+}
+
+/// Generates a model and writes it to `path`. The file is built under a temporary name
+/// in the same directory and renamed at the end, so `path` never holds half a model.
+pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyError> {
+    let OutType::I2S = spec.outtype;
+    let shape = spec.size.shape();
+    let arch = arch_name(spec.arch.unwrap_or(shape.default_arch));
+    let tokenizer = match &spec.tokenizer_from {
+        Some(p) => vocab::copy_from(p)?,
+        None => vocab::builtin()?,
+    };
+    let tensors = plan(&shape, tokenizer.n_vocab as u64);
+
+    let mut w = GgufWriter::new();
+    for (key, value) in metadata(spec.size, &shape, arch, tokenizer) {
+        w.add_metadata(&key, value)?;
+    }
+    for t in &tensors {
+        w.add_tensor(&t.name, &t.dims, t.ggml_type())?;
+    }
+
+    let io_err = |source| DummyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().unwrap_or(path.as_os_str());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name.to_string_lossy()))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(io_err)?;
+
+    let data_bytes: u64 = tensors
+        .iter()
+        .filter_map(|t| t.ggml_type().tensor_bytes(&t.dims))
+        .sum();
+    let bar = progress_bar(data_bytes);
+    let mut tick = |n| bar.inc(n);
+    let seed = spec.seed;
+    w.write(tmp.as_file_mut(), |i, out| {
+        tensors::write_tensor(&tensors[i], seed, out, &mut tick)
+    })
+    .map_err(io_err)?;
+    bar.finish_and_clear();
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+
+    let bytes = File::open(path)
+        .and_then(|f| f.metadata())
+        .map_err(io_err)?
+        .len();
+    Ok(DummySummary {
+        path: path.to_owned(),
+        arch,
+        n_vocab: tensors[0].dims[1] as usize,
+        n_params: tensors.iter().map(PlannedTensor::n_elements).sum(),
+        bytes,
+    })
+}
+
+/// Metadata in the reference tiny file's order: hyper-parameters (u32 counts, f32
+/// floats), the file type, the tokenizer, and the quantization version last.
+fn metadata(
+    size: ModelSize,
+    shape: &Shape,
+    arch: &str,
+    tokenizer: TokenizerKv,
+) -> Vec<(String, Value)> {
+    let k = |key: &str| format!("{arch}.{key}");
+    let mut out = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            "general.name".into(),
+            Value::String(format!("{arch}-{}-random", size.name())),
+        ),
+        (k("vocab_size"), Value::U32(tokenizer.n_vocab as u32)),
+        (k("context_length"), Value::U32(shape.n_ctx)),
+        (k("embedding_length"), Value::U32(shape.n_embd)),
+        (k("block_count"), Value::U32(shape.n_layer)),
+        (k("feed_forward_length"), Value::U32(shape.n_ff)),
+        (k("rope.dimension_count"), Value::U32(shape.head_dim())),
+        (k("attention.head_count"), Value::U32(shape.n_head)),
+        (k("attention.head_count_kv"), Value::U32(shape.n_head_kv)),
+        (k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (k("rope.freq_base"), Value::F32(shape.rope_base)),
+        ("general.file_type".into(), Value::U32(FILE_TYPE_I2_S)),
+    ];
+    out.extend(tokenizer.entries);
+    out.push(("general.quantization_version".into(), Value::U32(2)));
+    out
+}
+
+/// A byte counter on stderr for big models written to a terminal; hidden otherwise.
+fn progress_bar(total: u64) -> ProgressBar {
+    if total < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_i2s_is_accepted_and_tl1_is_explained() {
+        assert_eq!("i2_s".parse::<OutType>().unwrap(), OutType::I2S);
+        assert_eq!("I2_S".parse::<OutType>().unwrap(), OutType::I2S);
+        let msg = "tl1".parse::<OutType>().unwrap_err().to_string();
+        assert!(msg.contains("kernels milestone"), "{msg}");
+        assert!("f16".parse::<OutType>().is_err());
+    }
+
+    #[test]
+    fn size_of_2b4t_matches_bitnet_cpp_data_layout() {
+        // Tensor data of a 2B-4T shape with GPT-2's 50257 tokens, as bitnet.cpp lays it out:
+        // F16 embedding, F32 norms, I2_S projections (n/4 + 32 bytes), each 32-aligned.
+        let tensors = plan(&ModelSize::B2_4T.shape(), 50257);
+        assert_eq!(tensors.len(), 30 * 11 + 2);
+        let data: u64 = tensors
+            .iter()
+            .map(|t| {
+                t.ggml_type()
+                    .tensor_bytes(&t.dims)
+                    .unwrap()
+                    .next_multiple_of(32)
+            })
+            .sum();
+        assert_eq!(data, 780_095_040);
+    }
+}

@@ -1,0 +1,190 @@
+//! Which tensors a generated model has, in the reference file's order, and how each
+//! one's random values are drawn and streamed out in chunks.
+
+use std::io::{self, Write};
+
+use bitnet_kernels::layout::{I2S_BLOCK, encode_i2s_into, i2s_code_bytes};
+use half::f16;
+
+use super::presets::Shape;
+use crate::gguf::GgmlType;
+use crate::rng::Rng;
+
+/// Weights per generated chunk: bounds memory for any model size (a multiple of the
+/// I2_S block, so chunks pack independently).
+const CHUNK: usize = 1 << 20;
+/// Probability that a ternary weight is 0 (as in the reference tiny model).
+pub const P_ZERO: f64 = 0.35;
+/// I2_S tail after the codes: the f32 scale, then zeros up to 32 bytes.
+const I2S_TAIL: usize = 32;
+
+/// How a tensor's values are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// N(0, std^2), stored as F16 (the token embedding).
+    Normal { std: f32 },
+    /// U(0.8, 1.2), stored as F32 (norm weights).
+    NormWeight,
+    /// Ternary {-scale, 0, +scale}, stored as I2_S.
+    Ternary { scale: f32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTensor {
+    pub name: String,
+    /// ggml order: input features first.
+    pub dims: Vec<u64>,
+    pub init: Init,
+}
+
+impl PlannedTensor {
+    pub fn ggml_type(&self) -> GgmlType {
+        match self.init {
+            Init::Normal { .. } => GgmlType::F16,
+            Init::NormWeight => GgmlType::F32,
+            Init::Ternary { .. } => GgmlType::I2S,
+        }
+    }
+
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// The per-tensor ternary scale: keeps each projection's output variance close to its
+/// input's, so activations neither vanish nor blow up through the layers.
+pub fn ternary_scale(in_dim: u64) -> f32 {
+    (1.5 / in_dim as f32).sqrt()
+}
+
+/// The tensors of a model, in bitnet.cpp's order (as in ../shared/reference/tiny-i2_s.gguf).
+/// Both archs carry the two sub-norms: bitnet_b1_58-large has them too.
+pub fn plan(shape: &Shape, n_vocab: u64) -> Vec<PlannedTensor> {
+    let d = u64::from(shape.n_embd);
+    let ff = u64::from(shape.n_ff);
+    let kv = u64::from(shape.n_head_kv * shape.head_dim());
+    let norm = |name: String, n: u64| PlannedTensor {
+        name,
+        dims: vec![n],
+        init: Init::NormWeight,
+    };
+    let linear = |name: String, cols: u64, rows: u64| PlannedTensor {
+        name,
+        dims: vec![cols, rows],
+        init: Init::Ternary {
+            scale: ternary_scale(cols),
+        },
+    };
+    let mut out = vec![
+        PlannedTensor {
+            name: "token_embd.weight".into(),
+            dims: vec![d, n_vocab],
+            init: Init::Normal {
+                std: 3.0 / (d as f32).sqrt(),
+            },
+        },
+        norm("output_norm.weight".into(), d),
+    ];
+    for l in 0..shape.n_layer {
+        let name = |s: &str| format!("blk.{l}.{s}.weight");
+        out.extend([
+            norm(name("attn_norm"), d),
+            linear(name("attn_q"), d, d),
+            linear(name("attn_k"), d, kv),
+            linear(name("attn_v"), d, kv),
+            norm(name("attn_sub_norm"), d),
+            linear(name("attn_output"), d, d),
+            norm(name("ffn_norm"), d),
+            linear(name("ffn_gate"), d, ff),
+            linear(name("ffn_up"), d, ff),
+            norm(name("ffn_sub_norm"), ff),
+            linear(name("ffn_down"), ff, d),
+        ]);
+    }
+    out
+}
+
+/// Draws ternary weights for one tensor. Each tensor has its own stream (named by the
+/// tensor), so a test can regenerate any tensor alone.
+pub struct TernarySampler {
+    rng: Rng,
+}
+
+impl TernarySampler {
+    pub fn new(seed: u64, tensor_name: &str) -> Self {
+        TernarySampler {
+            rng: Rng::for_stream(seed, tensor_name),
+        }
+    }
+
+    /// The next `out.len()` weights, each -1, 0 or +1 (P(0) = 0.35, signs equally likely).
+    pub fn fill(&mut self, out: &mut [i8]) {
+        // One 32-bit draw per weight: thresholds on u32 keep the rule exact and cheap.
+        const ZERO_BELOW: u64 = (P_ZERO * (1u64 << 32) as f64) as u64;
+        const MINUS_BELOW: u64 = ZERO_BELOW + ((1u64 << 32) - ZERO_BELOW) / 2;
+        for w in out {
+            let u = self.rng.next_u64() >> 32;
+            *w = if u < ZERO_BELOW {
+                0
+            } else if u < MINUS_BELOW {
+                -1
+            } else {
+                1
+            };
+        }
+    }
+}
+
+/// Writes tensor `t`'s bytes to `out`, calling `progress` with each chunk's size.
+pub fn write_tensor(
+    t: &PlannedTensor,
+    seed: u64,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
+    let n = t.n_elements() as usize;
+    let mut emit = |bytes: &[u8]| -> io::Result<()> {
+        out.write_all(bytes)?;
+        progress(bytes.len() as u64);
+        Ok(())
+    };
+    match t.init {
+        Init::Ternary { scale } => {
+            debug_assert_eq!(n % I2S_BLOCK, 0);
+            let mut sampler = TernarySampler::new(seed, &t.name);
+            let mut weights = vec![0i8; CHUNK.min(n)];
+            let mut codes = vec![0u8; i2s_code_bytes(weights.len())];
+            for start in (0..n).step_by(CHUNK) {
+                let len = CHUNK.min(n - start);
+                sampler.fill(&mut weights[..len]);
+                let codes = &mut codes[..i2s_code_bytes(len)];
+                encode_i2s_into(&weights[..len], codes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                emit(codes)?;
+            }
+            let mut tail = [0u8; I2S_TAIL];
+            tail[..4].copy_from_slice(&scale.to_le_bytes());
+            emit(&tail)
+        }
+        Init::NormWeight => {
+            let mut rng = Rng::for_stream(seed, &t.name);
+            let bytes: Vec<u8> = (0..n)
+                .flat_map(|_| (0.8 + 0.4 * rng.uniform_f32()).to_le_bytes())
+                .collect();
+            emit(&bytes)
+        }
+        Init::Normal { std } => {
+            let mut rng = Rng::for_stream(seed, &t.name);
+            let mut buf = Vec::with_capacity(2 * CHUNK.min(n));
+            for start in (0..n).step_by(CHUNK) {
+                buf.clear();
+                for _ in start..(start + CHUNK).min(n) {
+                    let x = (rng.normal() * f64::from(std)) as f32;
+                    buf.extend_from_slice(&f16::from_f32(x).to_le_bytes());
+                }
+                emit(&buf)?;
+            }
+            Ok(())
+        }
+    }
+}
