@@ -44,7 +44,8 @@ fn tiny_models_of_both_archs_load_and_give_finite_varied_logits() {
         assert_eq!((model.hparams.n_embd, model.hparams.n_layer), (256, 4));
         assert_eq!((model.hparams.n_head, model.hparams.n_head_kv), (4, 2));
         let n_vocab = model.hparams.n_vocab;
-        assert!((3000..=BUILTIN_VOCAB).contains(&n_vocab), "{n_vocab}");
+        // The corpus is rich enough to fill the whole vocabulary with merges.
+        assert_eq!(n_vocab, BUILTIN_VOCAB);
         let mut s = model.session(64);
         let logits = model
             .forward(&mut s, &[n_vocab as u32 - 1, 100, 200, 300], Logits::All)

@@ -6,6 +6,7 @@
 //! needs more than a few MB of memory.
 
 mod demo;
+mod partial;
 mod presets;
 mod tensors;
 mod vocab;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use partial::PartialFile;
 
 pub use demo::{DEMO_FILE_NAME, demo_model_in, demo_model_path};
 pub use presets::{ModelSize, Shape};
@@ -145,16 +147,7 @@ pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyErro
         path: path.to_owned(),
         source,
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().unwrap_or(path.as_os_str());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(io_err)?;
+    let mut out = PartialFile::create(path).map_err(io_err)?;
 
     let data_bytes: u64 = tensors
         .iter()
@@ -163,13 +156,12 @@ pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyErro
     let bar = progress_bar(data_bytes);
     let mut tick = |n| bar.inc(n);
     let seed = spec.seed;
-    w.write(tmp.as_file_mut(), |i, out| {
-        tensors::write_tensor(&tensors[i], seed, out, &mut tick)
+    w.write(out.file(), |i, sink| {
+        tensors::write_tensor(&tensors[i], seed, sink, &mut tick)
     })
     .map_err(io_err)?;
     bar.finish_and_clear();
-    tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    out.persist().map_err(io_err)?;
 
     let bytes = File::open(path)
         .and_then(|f| f.metadata())
