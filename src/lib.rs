@@ -1,6 +1,7 @@
 pub mod app;
 pub mod chat;
 pub mod dummy;
+pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod rng;

@@ -1,1 +1,50 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+
+use bitnetd::app;
+
+/// BitNet b1.58 inference for small boards: bitnet.cpp's GGUF models, run locally.
+#[derive(Parser)]
+#[command(name = "bitnetd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate from a prompt, or chat with -cnv (like bitnet.cpp's run_inference.py).
+    Run(app::run::RunArgs),
+    /// Show a model's architecture, shapes, tensors and tokenizer, and validate it.
+    Info(app::info::InfoArgs),
+    /// Tokenize text with a model's tokenizer (like llama-tokenize).
+    Tokenize(app::tokenize::TokenizeArgs),
+    /// Perplexity of a text file (like llama-perplexity).
+    Perplexity(app::perplexity::PerplexityArgs),
+    /// Write a random ternary model (like generate-dummy-bitnet-model.py).
+    GenDummy(app::gen_dummy::GenDummyArgs),
+}
+
+/// bitnet.cpp's users type `-cnv`, which clap cannot take as a short flag.
+fn normalized_args() -> Vec<String> {
+    std::env::args()
+        .map(|a| if a == "-cnv" { "--cnv".to_owned() } else { a })
+        .collect()
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse_from(normalized_args());
+    let result = match &cli.command {
+        Command::Run(args) => app::run::run(args),
+        Command::Info(args) => app::info::run(args),
+        Command::Tokenize(args) => app::tokenize::run(args),
+        Command::Perplexity(args) => app::perplexity::run(args),
+        Command::GenDummy(args) => app::gen_dummy::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -52,3 +52,24 @@ fn tiny_p0_all_steps_match_bitnet_cpp() {
     }
     eprintln!("tiny_p0: worst max |diff| over 32 steps = {worst}");
 }
+
+#[test]
+fn chat_turns_tokenize_to_the_reference_ids() {
+    use bitnetd::chat::ChatTemplate;
+    use bitnetd::gguf::Gguf;
+    use bitnetd::tokenizer::Tokenizer;
+    let g = Gguf::open(reference("l3tiny-i2_s.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(&g, None).unwrap();
+    let template = ChatTemplate::from_gguf(&g);
+    // -cnv tokenizes the system text and each user turn separately, as llama-cli does.
+    let mut ids = tok
+        .encode(
+            &template.render_system("You are a helpful assistant"),
+            true,
+            true,
+        )
+        .unwrap();
+    let turn = template.render_user_turn("What is the capital of France?");
+    ids.extend(tok.encode(&turn, false, true).unwrap());
+    assert_eq!(ids, read_tokens("l3tiny_c0.tokens.txt").prompt);
+}

@@ -80,7 +80,7 @@ pub fn encode_i2s(weights: &[i8]) -> Result<Vec<u8>, LayoutError> {
 /// Packs ternary weights into `out`, which must hold `weights.len() / 4` bytes.
 /// Lets a writer stream a huge tensor chunk by chunk (chunks of whole blocks).
 pub fn encode_i2s_into(weights: &[i8], out: &mut [u8]) -> Result<(), LayoutError> {
-    if weights.len() % I2S_BLOCK != 0 {
+    if !weights.len().is_multiple_of(I2S_BLOCK) {
         return Err(LayoutError::NotBlockMultiple { n: weights.len() });
     }
     assert_eq!(out.len(), i2s_code_bytes(weights.len()), "output size");

@@ -1,4 +1,8 @@
 //! The command-line commands, one module each; `main.rs` only parses and dispatches.
 
+pub mod common;
 pub mod gen_dummy;
+pub mod info;
+pub mod perplexity;
+pub mod run;
 pub mod tokenize;

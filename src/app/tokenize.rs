@@ -1,6 +1,6 @@
 //! `bitnetd tokenize`: what llama-tokenize prints, for checking prompts.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -14,8 +14,13 @@ pub struct TokenizeArgs {
     #[arg(short = 'm', long = "model", value_name = "PATH")]
     pub model: PathBuf,
     /// Text to tokenize.
-    #[arg(short = 'p', long = "prompt", value_name = "TEXT")]
-    pub prompt: String,
+    #[arg(
+        short = 'p',
+        long = "prompt",
+        value_name = "TEXT",
+        required_unless_present = "jsonl"
+    )]
+    pub prompt: Option<String>,
     /// Do not prepend BOS even if the model asks for it.
     #[arg(long)]
     pub no_bos: bool,
@@ -28,6 +33,22 @@ pub struct TokenizeArgs {
     /// Pre-tokenizer to use instead of `tokenizer.ggml.pre` (gpt-2, llama-bpe, default).
     #[arg(long, value_name = "NAME")]
     pub pretokenizer: Option<String>,
+    /// Batch mode: tokenize each stdin line, a JSON object `{"text": ...}` with optional
+    /// `add_special` and `parse_special` booleans, and print a JSON array of ids per line.
+    #[arg(long, conflicts_with = "prompt")]
+    pub jsonl: bool,
+}
+
+/// One line of `--jsonl` input.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    text: String,
+    add_special: Option<bool>,
+    parse_special: Option<bool>,
+    /// Lets a test-case file with expected ids be piped in unchanged.
+    #[serde(rename = "ids")]
+    _ids: Option<serde::de::IgnoredAny>,
 }
 
 pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
@@ -35,8 +56,22 @@ pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
         Gguf::open(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_gguf(&gguf, args.pretokenizer.as_deref())
         .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
-    let ids = tokenizer.encode(&args.prompt, !args.no_bos, args.parse_special)?;
-    write_tokens(&mut std::io::stdout().lock(), &tokenizer, &ids, args.json)?;
+    let mut out = std::io::stdout().lock();
+    if !args.jsonl {
+        let prompt = args.prompt.as_deref().unwrap_or_default();
+        let ids = tokenizer.encode(prompt, !args.no_bos, args.parse_special)?;
+        write_tokens(&mut out, &tokenizer, &ids, args.json)?;
+        return Ok(());
+    }
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        let case: BatchLine = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {}: not a {{\"text\": ...}} object", n + 1))?;
+        let add = case.add_special.unwrap_or(!args.no_bos);
+        let parse = case.parse_special.unwrap_or(args.parse_special);
+        let ids = tokenizer.encode(&case.text, add, parse)?;
+        write_tokens(&mut out, &tokenizer, &ids, true)?;
+    }
     Ok(())
 }
 
@@ -88,7 +123,12 @@ mod tests {
         let a = cli.args;
         assert_eq!(a.model, PathBuf::from("x.gguf"));
         assert_eq!(
-            (a.prompt.as_str(), a.no_bos, a.parse_special, a.json),
+            (
+                a.prompt.as_deref().unwrap(),
+                a.no_bos,
+                a.parse_special,
+                a.json
+            ),
             ("hi", true, false, true)
         );
         assert_eq!(a.pretokenizer.as_deref(), Some("gpt-2"));

@@ -198,7 +198,7 @@ fn ternary(
             });
         }
     }
-    if cols as usize % I2S_BLOCK != 0 {
+    if !(cols as usize).is_multiple_of(I2S_BLOCK) {
         return Err(ModelError::Unsupported(format!(
             "{wname}: {cols} inputs per row is not a multiple of the I2_S block of {I2S_BLOCK}"
         )));

@@ -1,0 +1,42 @@
+//! What the commands share: loading a model with its tokenizer, and the model path
+//! default.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// A model and its tokenizer, and how long loading took.
+pub struct Loaded {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub load_time: Duration,
+}
+
+/// Maps and validates a model and builds its tokenizer.
+pub fn load(path: &Path, pretokenizer: Option<&str>) -> anyhow::Result<Loaded> {
+    let start = Instant::now();
+    let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&model.gguf, pretokenizer)
+        .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        load_time: start.elapsed(),
+    })
+}
+
+/// The model named with -m, or the demo model (random weights) made on first use.
+pub fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => crate::dummy::demo_model_path().context("preparing the demo model"),
+    }
+}
+
+pub fn tokens_per_second(n: usize, time: Duration) -> f64 {
+    n as f64 / time.as_secs_f64().max(1e-9)
+}

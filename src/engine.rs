@@ -1,0 +1,202 @@
+//! The one place where generation happens: tokens in, tokens sampled and streamed out,
+//! and the reason generation stopped.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use crate::model::{Logits, Model, ModelError, Session};
+use crate::sampler::{Sampler, SamplerConfig, SamplerError};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Prompt tokens evaluated per forward pass: bounds the scratch memory of long prompts.
+const PROMPT_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error("the prompt has {prompt} tokens but the context holds {n_ctx} (raise -c)")]
+    PromptTooLong { prompt: usize, n_ctx: usize },
+}
+
+/// How one generation runs.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Keep going past end-of-generation tokens (benchmarks, parity runs).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The context filled up.
+    ContextFull,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContextFull => "context_full",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One generated token, handed to the caller as soon as it is sampled.
+pub struct Step<'a> {
+    pub token: u32,
+    /// The token's raw bytes (what llama-cli prints; may be part of a UTF-8 sequence).
+    pub bytes: &'a [u8],
+    /// The text this token completes (empty while a UTF-8 sequence is incomplete).
+    pub text: &'a str,
+    /// The logits the token was sampled from.
+    pub logits: &'a [f32],
+}
+
+/// What a generation did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub gen_time: Duration,
+}
+
+/// A model, its tokenizer and one conversation's KV cache.
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    session: Session,
+    /// A sampled token not yet evaluated: it goes in first on the next turn, so a
+    /// conversation's cache holds every token, including each reply's end token.
+    pending: Option<u32>,
+}
+
+impl Engine {
+    pub fn new(model: Model, tokenizer: Tokenizer, n_ctx: usize) -> Self {
+        let session = model.session(n_ctx);
+        Engine {
+            model,
+            tokenizer,
+            session,
+            pending: None,
+        }
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.session.n_ctx()
+    }
+
+    /// Tokens in the conversation so far.
+    pub fn n_past(&self) -> usize {
+        self.session.n_past() + usize::from(self.pending.is_some())
+    }
+
+    /// Starts a new conversation.
+    pub fn reset(&mut self) {
+        self.session.truncate(0);
+        self.pending = None;
+    }
+
+    /// Evaluates `input` after the conversation so far, then samples up to
+    /// `params.max_tokens` tokens, calling `on_step` for each; it may cancel.
+    pub fn generate(
+        &mut self,
+        input: &[u32],
+        params: &GenParams,
+        mut on_step: impl FnMut(Step) -> ControlFlow<()>,
+    ) -> Result<Outcome, EngineError> {
+        let mut sampler = Sampler::new(params.sampler)?;
+        let prompt: Vec<u32> = self.pending.iter().chain(input).copied().collect();
+        let needed = self.session.n_past() + prompt.len();
+        if needed > self.session.n_ctx() || prompt.is_empty() {
+            return Err(EngineError::PromptTooLong {
+                prompt: needed,
+                n_ctx: self.session.n_ctx(),
+            });
+        }
+        prompt.iter().for_each(|&t| sampler.accept(t));
+
+        let start = Instant::now();
+        let chunks: Vec<&[u32]> = prompt.chunks(PROMPT_BATCH).collect();
+        for chunk in &chunks[..chunks.len() - 1] {
+            self.model.forward(&mut self.session, chunk, Logits::Last)?;
+        }
+        self.pending = None;
+        let last = chunks[chunks.len() - 1];
+        let mut logits = self.model.forward(&mut self.session, last, Logits::Last)?;
+        let prompt_time = start.elapsed();
+
+        let start = Instant::now();
+        let mut decoder = StreamDecoder::new();
+        let (mut tokens, mut text) = (Vec::new(), String::new());
+        let mut finish = FinishReason::Length;
+        while tokens.len() < params.max_tokens {
+            let token = sampler.sample(logits);
+            sampler.accept(token);
+            tokens.push(token);
+            // The newest token is evaluated only if generation goes on.
+            self.pending = Some(token);
+            let eog = self.tokenizer.is_eog(token) && !params.ignore_eos;
+            let piece = decoder.push(&self.tokenizer, token);
+            text.push_str(&piece);
+            let step = Step {
+                token,
+                bytes: self.tokenizer.piece(token),
+                text: &piece,
+                logits,
+            };
+            if on_step(step).is_break() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if eog {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if tokens.len() == params.max_tokens {
+                break;
+            }
+            if self.session.n_past() == self.session.n_ctx() {
+                finish = FinishReason::ContextFull;
+                break;
+            }
+            logits = self
+                .model
+                .forward(&mut self.session, &[token], Logits::Last)?;
+            self.pending = None;
+        }
+        // Bytes of an incomplete UTF-8 sequence left at the end are shown lossily.
+        let rest = decoder.finish();
+        if let (false, Some(&token)) = (rest.is_empty(), tokens.last()) {
+            text.push_str(&rest);
+            let _ = on_step(Step {
+                token,
+                bytes: &[],
+                text: &rest,
+                logits: &[],
+            });
+        }
+        Ok(Outcome {
+            tokens,
+            text,
+            finish,
+            prompt_tokens: prompt.len(),
+            prompt_time,
+            gen_time: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! Generation limits and the KV cache policy, on the tiny reference model.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use bitnetd::engine::{Engine, EngineError, FinishReason, GenParams};
+use bitnetd::model::{Logits, Model, ModelError};
+use bitnetd::sampler::SamplerConfig;
+use bitnetd::tokenizer::Tokenizer;
+use common::*;
+
+fn engine(n_ctx: usize) -> Engine {
+    let model = Model::load(reference("tiny-i2_s.gguf")).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&model.gguf, None).unwrap();
+    Engine::new(model, tokenizer, n_ctx)
+}
+
+fn greedy(max_tokens: usize) -> GenParams {
+    GenParams {
+        max_tokens,
+        ignore_eos: true,
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        },
+    }
+}
+
+#[test]
+fn forward_past_the_context_is_refused_and_changes_nothing() {
+    let model = Model::load(reference("tiny-i2_s.gguf")).unwrap();
+    let mut s = model.session(8);
+    let before = model
+        .forward(&mut s, &[50256, 464, 3139], Logits::Last)
+        .unwrap()
+        .to_vec();
+    let err = model.forward(&mut s, &[1; 6], Logits::Last).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ModelError::ContextFull {
+                n_ctx: 8,
+                needed: 9
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(s.n_past(), 3);
+    // The cache still holds the first three tokens: the same steps on a fresh session agree.
+    let next = model
+        .forward(&mut s, &[286], Logits::Last)
+        .unwrap()
+        .to_vec();
+    let mut fresh = model.session(8);
+    model
+        .forward(&mut fresh, &[50256, 464, 3139], Logits::Last)
+        .unwrap();
+    let want = model.forward(&mut fresh, &[286], Logits::Last).unwrap();
+    assert!(next == want, "logits after the refused batch differ");
+    assert_ne!(before, next);
+}
+
+#[test]
+fn bad_token_ids_are_refused() {
+    let model = Model::load(reference("tiny-i2_s.gguf")).unwrap();
+    let mut s = model.session(8);
+    let err = model.forward(&mut s, &[50257], Logits::Last).unwrap_err();
+    assert!(
+        matches!(err, ModelError::BadToken { token: 50257, .. }),
+        "{err}"
+    );
+    assert_eq!(s.n_past(), 0);
+}
+
+#[test]
+fn generation_stops_when_the_context_is_full() {
+    let mut e = engine(10);
+    let prompt = e
+        .tokenizer
+        .encode("The capital of France is", true, false)
+        .unwrap();
+    assert_eq!(prompt.len(), 6);
+    let out = e
+        .generate(&prompt, &greedy(100), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(out.finish, FinishReason::ContextFull);
+    // 6 prompt tokens + 4 evaluated generated ones fill 10; the 5th is sampled from them.
+    assert_eq!(out.tokens.len(), 5);
+    let err = e
+        .generate(&[464], &greedy(1), |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err}");
+}
+
+#[test]
+fn a_too_long_prompt_is_refused_before_any_work() {
+    let mut e = engine(4);
+    let prompt = e
+        .tokenizer
+        .encode("The capital of France is", true, false)
+        .unwrap();
+    let err = e
+        .generate(&prompt, &greedy(1), |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(err.to_string().contains("the context holds 4"), "{err}");
+    assert_eq!(e.n_past(), 0);
+}
+
+#[test]
+fn cancelling_stops_after_the_current_token_and_the_turn_continues() {
+    let mut e = engine(64);
+    let prompt = e
+        .tokenizer
+        .encode("The capital of France is", true, false)
+        .unwrap();
+    let mut seen = 0;
+    let out = e
+        .generate(&prompt, &greedy(20), |_| {
+            seen += 1;
+            if seen == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!((out.finish, out.tokens.len()), (FinishReason::Cancelled, 3));
+    // Greedy continuation after a cancel equals an uninterrupted run's tokens.
+    let rest = e
+        .generate(&[], &greedy(3), |_| ControlFlow::Continue(()))
+        .unwrap();
+    let mut whole = engine(64);
+    let all = whole
+        .generate(&prompt, &greedy(6), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!([out.tokens, rest.tokens].concat(), all.tokens);
+}
+
+#[test]
+fn max_tokens_zero_generates_nothing() {
+    let mut e = engine(16);
+    let out = e
+        .generate(&[50256, 464], &greedy(0), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!((out.finish, out.tokens.len()), (FinishReason::Length, 0));
+}
