@@ -9,7 +9,7 @@
 //! boundary (about 2^-29 per value for f32) to show in a file.
 
 /// xoshiro256** (Blackman and Vigna), period 2^256 - 1.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rng {
     s: [u64; 4],
     /// Box-Muller makes normals in pairs; the second one waits here.

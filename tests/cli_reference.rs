@@ -178,3 +178,43 @@ fn perplexity_matches_llama_perplexity() {
         "PPL {ppl} vs bitnet.cpp's {want}"
     );
 }
+
+#[test]
+fn gen_dummy_models_pass_info_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    for (size, arch) in [("tiny", "bitnet-b1.58"), ("tiny", "bitnet")] {
+        let file = dir.path().join(format!("{size}-{arch}.gguf"));
+        let file = file.to_str().unwrap();
+        bitnetd(
+            &[
+                "gen-dummy",
+                "-o",
+                file,
+                "--model-size",
+                size,
+                "--arch",
+                arch,
+            ],
+            b"",
+        );
+        let info = String::from_utf8(bitnetd(&["info", "-m", file], b"").stdout).unwrap();
+        assert!(info.contains("validation:    ok"), "{info}");
+        assert!(info.contains(&format!("architecture:  {arch} ")), "{info}");
+    }
+}
+
+#[test]
+fn info_refuses_a_damaged_model_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(reference("tiny-i2_s.gguf")).unwrap();
+    bytes.truncate(bytes.len() - 1000);
+    let file = dir.path().join("cut.gguf");
+    std::fs::write(&file, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+        .args(["info", "-m", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs past the end of the file"), "{err}");
+}

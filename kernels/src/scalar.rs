@@ -253,4 +253,38 @@ mod tests {
             assert!((a - b).abs() <= 0.37 * 34.0 / 127.0, "{a} vs {b}");
         }
     }
+
+    /// Packs 256 six-bit values (0..64) with 16 scales into a Q6_K block, following the
+    /// format description independently of the decoder.
+    fn pack_q6_k(q: &[u8; 256], scales: &[i8; 16], d: f32) -> Vec<u8> {
+        let mut ql = [0u8; 128];
+        let mut qh = [0u8; 64];
+        for (i, &v) in q.iter().enumerate() {
+            let (half, j) = (i / 128, i % 128);
+            let (quarter, l) = (j / 32, j % 32);
+            // Quarters 0/1 use the low nibble of ql[l] / ql[l + 32], quarters 2/3 the high.
+            let byte = 64 * half + l + 32 * (quarter % 2);
+            ql[byte] |= (v & 0xf) << (4 * (quarter / 2));
+            qh[32 * half + l] |= (v >> 4) << (2 * quarter);
+        }
+        let mut block = [&ql[..], &qh[..]].concat();
+        block.extend(scales.iter().map(|&s| s as u8));
+        block.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        block
+    }
+
+    #[test]
+    fn q6_k_decodes_every_position_and_scale() {
+        let q: [u8; 256] = std::array::from_fn(|i| ((i * 37 + 5) % 64) as u8);
+        let scales: [i8; 16] = std::array::from_fn(|i| i as i8 * 9 - 70);
+        let block = pack_q6_k(&q, &scales, 0.5);
+        assert_eq!(block.len(), Q6_K_BYTES);
+        let mut y = [0f32; 256];
+        dequantize_q6_k(&block, &mut y);
+        for i in 0..256 {
+            // Each run of 16 values shares one scale.
+            let want = 0.5 * f32::from(scales[i / 16]) * (f32::from(q[i]) - 32.0);
+            assert_eq!(y[i], want, "value {i}");
+        }
+    }
 }
