@@ -6,6 +6,7 @@
 
 pub mod layout;
 pub mod scalar;
+pub mod tl1;
 
 /// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
 #[derive(Clone, Copy)]
@@ -38,6 +39,22 @@ impl QuantizedActs {
         self.q.resize(k * n_tokens, 0);
         self.scales.resize(n_tokens, 0.0);
         self.sums.resize(n_tokens, 0);
+    }
+
+    /// Activations already quantized elsewhere: `q` holds tokens of `k` values, one
+    /// scale each. Lets tests reach every int8 value (the quantizer never emits -128).
+    pub fn from_i8(k: usize, q: &[i8], scales: &[f32]) -> Self {
+        assert_eq!(q.len(), k * scales.len(), "q must hold k values per scale");
+        let sums = q
+            .chunks_exact(k)
+            .map(|t| t.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        Self {
+            k,
+            q: q.to_vec(),
+            scales: scales.to_vec(),
+            sums,
+        }
     }
 
     pub fn n_tokens(&self) -> usize {
