@@ -4,6 +4,8 @@
 //! the kernel API: weights prepared once at load, a block of per-token int8
 //! activations, an output slice, and a row range so that threads can split the work.
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod layout;
 pub mod scalar;
 pub mod tl1;
