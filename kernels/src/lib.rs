@@ -4,8 +4,11 @@
 //! the kernel API: weights prepared once at load, a block of per-token int8
 //! activations, an output slice, and a row range so that threads can split the work.
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod layout;
 pub mod scalar;
+pub mod tl1;
 
 /// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
 #[derive(Clone, Copy)]
@@ -38,6 +41,22 @@ impl QuantizedActs {
         self.q.resize(k * n_tokens, 0);
         self.scales.resize(n_tokens, 0.0);
         self.sums.resize(n_tokens, 0);
+    }
+
+    /// Activations already quantized elsewhere: `q` holds tokens of `k` values, one
+    /// scale each. Lets tests reach every int8 value (the quantizer never emits -128).
+    pub fn from_i8(k: usize, q: &[i8], scales: &[f32]) -> Self {
+        assert_eq!(q.len(), k * scales.len(), "q must hold k values per scale");
+        let sums = q
+            .chunks_exact(k)
+            .map(|t| t.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        Self {
+            k,
+            q: q.to_vec(),
+            scales: scales.to_vec(),
+            sums,
+        }
     }
 
     pub fn n_tokens(&self) -> usize {

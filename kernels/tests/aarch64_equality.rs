@@ -1,0 +1,25 @@
+//! Every aarch64 kernel equals the scalar reference on random and edge inputs. Run
+//! under qemu per CPU model; kernels the CPU cannot run are reported as skipped.
+#![cfg(target_arch = "aarch64")]
+
+mod common;
+
+use bitnet_kernels::aarch64::{i2s_matmul_dotprod, tl1_matmul_neon};
+use bitnet_kernels::tl1::tl1_pack;
+use common::check_all;
+
+#[test]
+fn i2s_dotprod_equals_scalar() {
+    if !std::arch::is_aarch64_feature_detected!("dotprod") {
+        eprintln!("SKIPPED i2s_matmul_dotprod: this CPU has no dot-product");
+        return;
+    }
+    let cases = check_all(&i2s_matmul_dotprod);
+    eprintln!("i2s_matmul_dotprod: {cases} cases equal");
+}
+
+#[test]
+fn tl1_neon_equals_scalar() {
+    let cases = check_all(&|w, acts, out, rows| tl1_matmul_neon(&tl1_pack(w), acts, out, rows));
+    eprintln!("tl1_matmul_neon: {cases} cases equal");
+}
