@@ -122,6 +122,12 @@ fn quantize(c: &mut Criterion) {
     c.bench_function("quantize_acts_scalar/6912", |b| {
         b.iter(|| scalar::quantize_acts(black_box(&x), 6912, &mut acts))
     });
+    #[cfg(target_arch = "x86_64")]
+    if bitnet_kernels::x86_64::i2s_avx2_available() {
+        c.bench_function("quantize_acts_avx2/6912", |b| {
+            b.iter(|| bitnet_kernels::x86_64::quantize_acts_avx2(black_box(&x), 6912, &mut acts))
+        });
+    }
 }
 
 criterion_group!(benches, i2s_matmul, f16_head, quantize);

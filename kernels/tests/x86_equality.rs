@@ -8,7 +8,7 @@ use std::sync::Once;
 use bitnet_kernels::layout::encode_i2s;
 use bitnet_kernels::x86_64::{
     f16_avx2_available, f16_matmul_avx2, i2s_avx2_available, i2s_avx512_available, i2s_matmul_avx2,
-    i2s_matmul_avx512,
+    i2s_matmul_avx512, quantize_acts_avx2,
 };
 use bitnet_kernels::{I2sMatrix, QuantizedActs, scalar};
 use half::f16;
@@ -245,4 +245,63 @@ fn f16_row_subrange_and_specials() {
         &vec![-0.0; cols],
         0..3,
     );
+}
+
+/// Quantizes with both implementations and compares values, scales and sums exactly.
+fn check_quantize(x: &[f32], k: usize) {
+    static REPORT: Once = Once::new();
+    if !i2s_avx2_available() {
+        REPORT.call_once(|| eprintln!("SKIPPED quantize_acts_avx2: CPU lacks AVX2"));
+        return;
+    }
+    let want = quantized(x, k);
+    // A used buffer of another shape must be fully overwritten.
+    let mut got = quantized(&vec![3.0; 2 * 7000], 7000);
+    quantize_acts_avx2(x, k, &mut got);
+    assert_eq!((got.k(), got.n_tokens()), (want.k(), want.n_tokens()));
+    for t in 0..want.n_tokens() {
+        let ((gq, gs, gsum), (wq, ws, wsum)) = (got.token(t), want.token(t));
+        assert_eq!(gq, wq, "k {k} token {t}: values");
+        assert_eq!(gs.to_bits(), ws.to_bits(), "k {k} token {t}: scale");
+        assert_eq!(gsum, wsum, "k {k} token {t}: sum");
+    }
+}
+
+#[test]
+fn quantize_random_lengths() {
+    let mut rng = Rng(7);
+    for k in [1, 7, 8, 31, 32, 33, 100, 128, 2560, 6912] {
+        for n_tokens in [1, 3] {
+            let x: Vec<f32> = (0..n_tokens * k).map(|_| rng.f32() * 3.0).collect();
+            check_quantize(&x, k);
+        }
+    }
+}
+
+#[test]
+fn quantize_ties_zeros_and_specials() {
+    // Max 127 gives scale 1, so every x.5 is a tie that must round to even.
+    let k = 96;
+    let ties: Vec<f32> = (0..k)
+        .map(|i| {
+            if i == 0 {
+                127.0
+            } else {
+                (i as f32 - 48.0) + 0.5
+            }
+        })
+        .collect();
+    check_quantize(&ties, k);
+    check_quantize(&vec![0.0; 2 * k], k);
+    check_quantize(&vec![-0.0; k], k);
+    let mut x: Vec<f32> = (0..k).map(|i| i as f32 * 1e-3 - 0.04).collect();
+    x[3] = f32::NAN;
+    x[40] = f32::from_bits(1);
+    check_quantize(&x, k);
+    x[50] = f32::INFINITY;
+    check_quantize(&x, k);
+    x[50] = f32::NEG_INFINITY;
+    check_quantize(&x, k);
+    // Values far below the 1e-5 floor of the max.
+    check_quantize(&vec![1e-9; k], k);
 }
