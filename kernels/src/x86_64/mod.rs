@@ -1,6 +1,10 @@
 //! x86-64 SIMD kernels. Each public kernel has the signature of its `scalar`
-//! counterpart and gives identical results (see `tests/x86_equality.rs`); it must only
-//! be called when the matching `*_available()` check is true.
+//! counterpart and gives bit-identical results (see `tests/x86_equality.rs`); it must
+//! only be called when the matching `*_available()` check is true (it asserts so).
+//!
+//! - I2_S: exact i32 sums, so outputs equal the scalar ones bit-for-bit. Code 3 (never
+//!   written by converters) reads as 0 as in the scalar reference, for any input bytes.
+//! - F16: the scalar's eight partial sums in the same order, so no tolerance is needed.
 
 mod f16_avx2;
 mod i2s_avx2;
