@@ -158,6 +158,10 @@ fn i2s_row_subrange_writes_only_those_rows() {
         check_i2s(&codes, 31, 256, &quantized(&x, 256), 5..17);
         check_i2s(&codes, 31, 256, &quantized(&x, 256), 30..31);
     }
+    // A range that starts and ends inside the kernels' row chunks.
+    let codes = ternary_codes(&mut rng, 640, 2560);
+    let x: Vec<f32> = (0..5 * 2560).map(|_| rng.f32()).collect();
+    check_i2s(&codes, 640, 2560, &quantized(&x, 2560), 100..333);
 }
 
 #[test]
@@ -238,6 +242,11 @@ fn f16_row_subrange_and_specials() {
     ]);
     let x: Vec<f32> = (0..5 * cols).map(|_| rng.f32() * 100.0).collect();
     check_f16(&w, cols, &x, 5..17);
+    // A range across the kernel's row chunks (12 rows of 2560 columns each).
+    let wide: Vec<f16> = (0..100 * 2560).map(|_| f16::from_f32(rng.f32())).collect();
+    let xw: Vec<f32> = (0..3 * 2560).map(|_| rng.f32()).collect();
+    check_f16(&wide, 2560, &xw, 7..61);
+    check_f16(&wide, 2560, &xw[..2560], 7..61);
     check_f16(&w, cols, &x, 0..31);
     check_f16(
         &vec![f16::NEG_ZERO; 3 * cols],
