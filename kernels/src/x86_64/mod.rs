@@ -84,9 +84,10 @@ fn i2s_drive(
                 );
                 for (j, &sum) in sums[..n].iter().enumerate() {
                     let (_, scale, act_sum) = acts.token(t0 + j);
-                    // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q.
-                    out[(t0 + j) * w.rows + r] =
-                        scalar::dequantize_sum(sum - act_sum, scale, w.scale);
+                    // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q. The SIMD sums wrap, so
+                    // this is exact whenever Σ t·q itself fits in i32.
+                    let exact = sum.wrapping_sub(act_sum);
+                    out[(t0 + j) * w.rows + r] = scalar::dequantize_sum(exact, scale, w.scale);
                 }
             }
         }
