@@ -5,6 +5,7 @@ use std::hint::black_box;
 
 use bitnet_kernels::{I2sMatrix, QuantizedActs, layout, scalar};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
 
 /// (rows, cols) = (output features, input features) of the 2B-4T projections.
 const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
@@ -36,29 +37,80 @@ fn activations(n_tokens: usize, k: usize) -> QuantizedActs {
     acts
 }
 
-fn i2s_matmul(c: &mut Criterion) {
-    let mut group = c.benchmark_group("i2s_matmul_scalar");
-    group.sample_size(10);
-    for (rows, cols) in SHAPES {
-        let codes = ternary_codes(rows, cols);
-        let w = I2sMatrix {
-            codes: &codes,
-            rows,
-            cols,
-            scale: 0.02,
-        };
-        for n_tokens in [1, 128] {
-            let acts = activations(n_tokens, cols);
-            let mut out = vec![0f32; n_tokens * rows];
-            // Weight bytes streamed per call: what bounds decode on a small board.
-            group.throughput(Throughput::Bytes(codes.len() as u64));
-            let id = BenchmarkId::new(format!("{rows}x{cols}"), format!("{n_tokens}tok"));
-            group.bench_function(id, |b| {
-                b.iter(|| scalar::i2s_matmul(black_box(&w), &acts, &mut out, 0..rows))
-            });
+type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut [f32], std::ops::Range<usize>);
+
+/// The I2_S kernels this CPU runs, under their benchmark group names.
+fn i2s_kernels() -> Vec<(&'static str, I2sKernel)> {
+    let mut kernels: Vec<(&str, I2sKernel)> = vec![("i2s_matmul_scalar", scalar::i2s_matmul)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use bitnet_kernels::x86_64 as x86;
+        if x86::i2s_avx2_available() {
+            kernels.push(("i2s_matmul_avx2", x86::i2s_matmul_avx2));
+        }
+        if x86::i2s_avx512_available() {
+            kernels.push(("i2s_matmul_avx512", x86::i2s_matmul_avx512));
         }
     }
-    group.finish();
+    kernels
+}
+
+fn i2s_matmul(c: &mut Criterion) {
+    for (name, kernel) in i2s_kernels() {
+        let mut group = c.benchmark_group(name);
+        group.sample_size(10);
+        for (rows, cols) in SHAPES {
+            let codes = ternary_codes(rows, cols);
+            let w = I2sMatrix {
+                codes: &codes,
+                rows,
+                cols,
+                scale: 0.02,
+            };
+            for n_tokens in [1, 128] {
+                let acts = activations(n_tokens, cols);
+                let mut out = vec![0f32; n_tokens * rows];
+                // Weight bytes streamed per call: what bounds decode on a small board.
+                group.throughput(Throughput::Bytes(codes.len() as u64));
+                let id = BenchmarkId::new(format!("{rows}x{cols}"), format!("{n_tokens}tok"));
+                group.bench_function(id, |b| {
+                    b.iter(|| kernel(black_box(&w), &acts, &mut out, 0..rows))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+type F16Kernel = fn(&[f16], usize, &[f16], &mut [f32], std::ops::Range<usize>, &mut Vec<f32>);
+
+/// The tied output projection of 2B-4T (vocab 50257 x 2560, F16) for one token.
+fn f16_head(c: &mut Criterion) {
+    let (rows, cols) = (50257, 2560);
+    let mut next = lcg(4);
+    let w: Vec<f16> = (0..rows * cols)
+        .map(|_| f16::from_f32((next() % 2001) as f32 / 20000.0 - 0.05))
+        .collect();
+    let x: Vec<f32> = (0..cols)
+        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut x16 = Vec::new();
+    scalar::round_to_f16(&x, &mut x16);
+    let mut kernels: Vec<(&str, F16Kernel)> = vec![("f16_matmul_scalar", scalar::f16_matmul)];
+    #[cfg(target_arch = "x86_64")]
+    if bitnet_kernels::x86_64::f16_avx2_available() {
+        kernels.push(("f16_matmul_avx2", bitnet_kernels::x86_64::f16_matmul_avx2));
+    }
+    for (name, kernel) in kernels {
+        let mut group = c.benchmark_group(name);
+        group.sample_size(10);
+        group.throughput(Throughput::Bytes((w.len() * 2) as u64));
+        let (mut out, mut scratch) = (vec![0f32; rows], Vec::new());
+        group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), "1tok"), |b| {
+            b.iter(|| kernel(black_box(&w), cols, &x16, &mut out, 0..rows, &mut scratch))
+        });
+        group.finish();
+    }
 }
 
 fn quantize(c: &mut Criterion) {
@@ -70,7 +122,13 @@ fn quantize(c: &mut Criterion) {
     c.bench_function("quantize_acts_scalar/6912", |b| {
         b.iter(|| scalar::quantize_acts(black_box(&x), 6912, &mut acts))
     });
+    #[cfg(target_arch = "x86_64")]
+    if bitnet_kernels::x86_64::i2s_avx2_available() {
+        c.bench_function("quantize_acts_avx2/6912", |b| {
+            b.iter(|| bitnet_kernels::x86_64::quantize_acts_avx2(black_box(&x), 6912, &mut acts))
+        });
+    }
 }
 
-criterion_group!(benches, i2s_matmul, quantize);
+criterion_group!(benches, i2s_matmul, f16_head, quantize);
 criterion_main!(benches);

@@ -9,6 +9,8 @@ pub mod aarch64;
 pub mod layout;
 pub mod scalar;
 pub mod tl1;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 /// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
 #[derive(Clone, Copy)]

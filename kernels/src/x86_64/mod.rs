@@ -1,0 +1,96 @@
+//! x86-64 SIMD kernels. Each public kernel has the signature of its `scalar`
+//! counterpart and gives bit-identical results (see `tests/x86_equality.rs`); it must
+//! only be called when the matching `*_available()` check is true (it asserts so).
+//!
+//! - I2_S: exact i32 sums, so outputs equal the scalar ones bit-for-bit. Code 3 (never
+//!   written by converters) reads as 0 as in the scalar reference, for any input bytes.
+//! - F16: the scalar's eight partial sums in the same order, so no tolerance is needed.
+
+mod f16_avx2;
+mod i2s_avx2;
+mod i2s_avx512;
+mod quantize_avx2;
+
+use std::ops::Range;
+
+pub use f16_avx2::f16_matmul_avx2;
+pub use i2s_avx2::i2s_matmul_avx2;
+pub use i2s_avx512::i2s_matmul_avx512;
+pub use quantize_avx2::quantize_acts_avx2;
+
+use crate::layout::I2S_BLOCK;
+use crate::{I2sMatrix, QuantizedActs, scalar};
+
+/// Whether [`i2s_matmul_avx2`] and [`quantize_acts_avx2`] may run on this CPU.
+pub fn i2s_avx2_available() -> bool {
+    is_x86_feature_detected!("avx2")
+}
+
+/// Whether [`i2s_matmul_avx512`] may run on this CPU (AVX-512 F/BW plus VNNI).
+pub fn i2s_avx512_available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether [`f16_matmul_avx2`] may run on this CPU.
+pub fn f16_avx2_available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+}
+
+/// Tokens that share one unpack of a weight block (bitnet.cpp's ACT_PARALLEL idea).
+const TOKEN_TILE: usize = 4;
+
+/// Weight bytes per row chunk: the chunk stays in L2 while every token tile passes
+/// over it, so neither weights nor activations are streamed from memory more than once.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The shared I2_S driver: checks every bound the SIMD code relies on, then calls
+/// `tile(row_codes, tokens)` for each row and tile of at most [`TOKEN_TILE`] tokens.
+/// `tile` returns Σ code·q per token; the epilogue here turns it into Σ t·q and output.
+fn i2s_drive(
+    w: &I2sMatrix,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+    rows: Range<usize>,
+    mut tile: impl FnMut(&[u8], &[&[i8]], &mut [i32]),
+) {
+    assert!(
+        w.cols.is_multiple_of(I2S_BLOCK),
+        "I2_S rows must be whole blocks"
+    );
+    assert_eq!(acts.k(), w.cols, "activation length");
+    assert!(w.codes.len() >= w.rows * w.cols / 4, "weight bytes");
+    assert!(rows.end <= w.rows, "row range");
+    let n_tokens = acts.n_tokens();
+    assert!(out.len() >= n_tokens * w.rows, "output size");
+    let row_bytes = w.cols / 4;
+    let chunk_rows = (CHUNK_BYTES / row_bytes.max(1)).max(1);
+    let mut sums = [0i32; TOKEN_TILE];
+    let mut chunk_start = rows.start;
+    while chunk_start < rows.end {
+        let chunk = chunk_start..(chunk_start + chunk_rows).min(rows.end);
+        for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
+            let n = TOKEN_TILE.min(n_tokens - t0);
+            let mut q: [&[i8]; TOKEN_TILE] = [&[]; TOKEN_TILE];
+            for (j, q) in q[..n].iter_mut().enumerate() {
+                *q = acts.token(t0 + j).0;
+            }
+            for r in chunk.clone() {
+                tile(
+                    &w.codes[r * row_bytes..(r + 1) * row_bytes],
+                    &q[..n],
+                    &mut sums[..n],
+                );
+                for (j, &sum) in sums[..n].iter().enumerate() {
+                    let (_, scale, act_sum) = acts.token(t0 + j);
+                    // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q. The SIMD sums wrap, so
+                    // this is exact whenever Σ t·q itself fits in i32.
+                    let exact = sum.wrapping_sub(act_sum);
+                    out[(t0 + j) * w.rows + r] = scalar::dequantize_sum(exact, scale, w.scale);
+                }
+            }
+        }
+        chunk_start = chunk.end;
+    }
+}
