@@ -6,6 +6,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod dispatch;
 pub mod layout;
 pub mod scalar;
 pub mod tl1;

@@ -1,0 +1,251 @@
+//! The one run-time dispatch point: which kernel runs, chosen once from the CPU's
+//! features (or forced with `--kernel`), and the calls that route to it.
+
+use std::fmt;
+use std::ops::Range;
+
+use half::f16;
+
+use crate::tl1::{Tl1Matrix, tl1_pack};
+use crate::{I2sMatrix, QuantizedActs, scalar};
+
+/// What the user asked for (`--kernel auto|scalar|tl1|i2s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// The fastest kernel this CPU runs.
+    #[default]
+    Auto,
+    /// The scalar reference.
+    Scalar,
+    /// The lookup-table kernel (NEON on aarch64; its portable form elsewhere).
+    Tl1,
+    /// The best SIMD I2_S kernel this CPU has.
+    I2s,
+}
+
+impl KernelChoice {
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "auto" => Self::Auto,
+            "scalar" => Self::Scalar,
+            "tl1" => Self::Tl1,
+            "i2s" => Self::I2s,
+            _ => return None,
+        })
+    }
+}
+
+/// The kernel that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    /// TL1 layout computed by portable code (tests the layout off ARM).
+    Tl1Portable,
+    Tl1Neon,
+    I2sDotprod,
+    I2sAvx2,
+    I2sAvx512Vnni,
+}
+
+/// The weight layout a kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// bitnet.cpp's I2_S, read straight from the file map.
+    I2s,
+    /// Our TL1 layout, repacked at load.
+    Tl1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoSuchKernel(pub KernelChoice);
+
+impl fmt::Display for NoSuchKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "--kernel {:?}: this CPU has no such kernel (I2_S SIMD needs AVX2 on x86-64 or \
+             dot-product on aarch64); use auto, scalar or tl1",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NoSuchKernel {}
+
+impl Kernel {
+    /// Resolves a choice against this CPU's features.
+    pub fn select(choice: KernelChoice) -> Result<Self, NoSuchKernel> {
+        match choice {
+            KernelChoice::Scalar => Ok(Kernel::Scalar),
+            KernelChoice::Tl1 => Ok(best_tl1()),
+            KernelChoice::I2s => best_i2s().ok_or(NoSuchKernel(choice)),
+            KernelChoice::Auto => Ok(best_i2s().unwrap_or_else(|| match best_tl1() {
+                Kernel::Tl1Portable => Kernel::Scalar,
+                fast => fast,
+            })),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Tl1Portable => "tl1 (portable)",
+            Kernel::Tl1Neon => "tl1 (neon)",
+            Kernel::I2sDotprod => "i2_s (neon dotprod)",
+            Kernel::I2sAvx2 => "i2_s (avx2)",
+            Kernel::I2sAvx512Vnni => "i2_s (avx512 vnni)",
+        }
+    }
+
+    pub fn layout(self) -> Layout {
+        match self {
+            Kernel::Tl1Portable | Kernel::Tl1Neon => Layout::Tl1,
+            _ => Layout::I2s,
+        }
+    }
+
+    /// The weights in this kernel's layout.
+    pub fn prepare<'a>(self, w: I2sMatrix<'a>) -> Packed<'a> {
+        match self.layout() {
+            Layout::I2s => Packed::I2s(w),
+            Layout::Tl1 => Packed::Tl1(tl1_pack(&w)),
+        }
+    }
+
+    /// `out[t][r] = W[r] · x[t]` for `rows`; `w` must come from [`Kernel::prepare`].
+    pub fn matmul(self, w: &Packed, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+        match (self, w) {
+            (Kernel::Scalar, Packed::I2s(w)) => scalar::i2s_matmul(w, acts, out, rows),
+            (Kernel::Tl1Portable, Packed::Tl1(w)) => {
+                crate::tl1::tl1_matmul_reference(w, acts, out, rows)
+            }
+            #[cfg(target_arch = "aarch64")]
+            (Kernel::Tl1Neon, Packed::Tl1(w)) => {
+                crate::aarch64::tl1_matmul_neon(w, acts, out, rows)
+            }
+            #[cfg(target_arch = "aarch64")]
+            (Kernel::I2sDotprod, Packed::I2s(w)) => {
+                crate::aarch64::i2s_matmul_dotprod(w, acts, out, rows)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::I2sAvx2, Packed::I2s(w)) => crate::x86_64::i2s_matmul_avx2(w, acts, out, rows),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::I2sAvx512Vnni, Packed::I2s(w)) => {
+                crate::x86_64::i2s_matmul_avx512(w, acts, out, rows)
+            }
+            (kernel, _) => panic!(
+                "{} was given weights prepared for another kernel",
+                kernel.name()
+            ),
+        }
+    }
+
+    /// Per-token int8 quantization (bit-identical on every path).
+    pub fn quantize(self, x: &[f32], k: usize, acts: &mut QuantizedActs) {
+        #[cfg(target_arch = "x86_64")]
+        if self != Kernel::Scalar && crate::x86_64::i2s_avx2_available() {
+            return crate::x86_64::quantize_acts_avx2(x, k, acts);
+        }
+        scalar::quantize_acts(x, k, acts)
+    }
+
+    /// The F16 output projection (bit-identical on every path).
+    pub fn f16_matmul(
+        self,
+        w: &[f16],
+        cols: usize,
+        x16: &[f16],
+        out: &mut [f32],
+        rows: Range<usize>,
+        scratch: &mut Vec<f32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
+            return crate::x86_64::f16_matmul_avx2(w, cols, x16, out, rows, scratch);
+        }
+        scalar::f16_matmul(w, cols, x16, out, rows, scratch)
+    }
+}
+
+/// Weights in a kernel's layout: borrowed from the file for I2_S, owned for TL1.
+pub enum Packed<'a> {
+    I2s(I2sMatrix<'a>),
+    Tl1(Tl1Matrix),
+}
+
+fn best_tl1() -> Kernel {
+    #[cfg(target_arch = "aarch64")]
+    return Kernel::Tl1Neon;
+    #[cfg(not(target_arch = "aarch64"))]
+    Kernel::Tl1Portable
+}
+
+fn best_i2s() -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::x86_64::i2s_avx512_available() {
+            return Some(Kernel::I2sAvx512Vnni);
+        }
+        if crate::x86_64::i2s_avx2_available() {
+            return Some(Kernel::I2sAvx2);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        return Some(Kernel::I2sDotprod);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_resolve_to_kernels_this_cpu_runs() {
+        assert_eq!(Kernel::select(KernelChoice::Scalar), Ok(Kernel::Scalar));
+        assert_eq!(
+            Kernel::select(KernelChoice::Tl1).unwrap().layout(),
+            Layout::Tl1
+        );
+        let auto = Kernel::select(KernelChoice::Auto).unwrap();
+        match Kernel::select(KernelChoice::I2s) {
+            Ok(i2s) => assert_eq!(auto, i2s),
+            Err(e) => assert!(e.to_string().contains("no such kernel")),
+        }
+        assert_eq!(KernelChoice::from_name("tl1"), Some(KernelChoice::Tl1));
+        assert_eq!(KernelChoice::from_name("fast"), None);
+    }
+
+    #[test]
+    fn every_kernel_agrees_with_scalar_through_dispatch() {
+        let (rows, cols) = (37, 256);
+        let w: Vec<i8> = (0..rows * cols)
+            .map(|i| ((i * 7 + i / 5) % 3) as i8 - 1)
+            .collect();
+        let codes = crate::layout::encode_i2s(&w).unwrap();
+        let m = I2sMatrix {
+            codes: &codes,
+            rows,
+            cols,
+            scale: 0.5,
+        };
+        let x: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 13) % 29) as f32 - 14.0)
+            .collect();
+        let mut want = vec![0f32; 3 * rows];
+        let mut acts = QuantizedActs::new();
+        scalar::quantize_acts(&x, cols, &mut acts);
+        scalar::i2s_matmul(&m, &acts, &mut want, 0..rows);
+        for choice in [KernelChoice::Auto, KernelChoice::Tl1, KernelChoice::I2s] {
+            let Ok(kernel) = Kernel::select(choice) else {
+                continue;
+            };
+            let mut acts = QuantizedActs::new();
+            kernel.quantize(&x, cols, &mut acts);
+            let mut got = vec![0f32; 3 * rows];
+            kernel.matmul(&kernel.prepare(m), &acts, &mut got, 0..rows);
+            assert_eq!(got, want, "{}", kernel.name());
+        }
+    }
+}
