@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use bitnet_kernels::{I2sMatrix, QuantizedActs, layout, scalar};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout, scalar};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// (rows, cols) = (output features, input features) of the 2B-4T projections.
@@ -54,7 +54,10 @@ fn i2s_matmul(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(codes.len() as u64));
             let id = BenchmarkId::new(format!("{rows}x{cols}"), format!("{n_tokens}tok"));
             group.bench_function(id, |b| {
-                b.iter(|| scalar::i2s_matmul(black_box(&w), &acts, &mut out, 0..rows))
+                b.iter(|| {
+                    let mut out = OutRows::all(&mut out, n_tokens, rows);
+                    scalar::i2s_matmul(black_box(&w), &acts, &mut out)
+                })
             });
         }
     }
