@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use bitnet_kernels::{I2sMatrix, QuantizedActs, layout, scalar};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout, scalar};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 
@@ -37,7 +37,7 @@ fn activations(n_tokens: usize, k: usize) -> QuantizedActs {
     acts
 }
 
-type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut [f32], std::ops::Range<usize>);
+type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut OutRows);
 
 /// The I2_S kernels this CPU runs, under their benchmark group names.
 fn i2s_kernels() -> Vec<(&'static str, I2sKernel)> {
@@ -74,7 +74,13 @@ fn i2s_matmul(c: &mut Criterion) {
                 group.throughput(Throughput::Bytes(codes.len() as u64));
                 let id = BenchmarkId::new(format!("{rows}x{cols}"), format!("{n_tokens}tok"));
                 group.bench_function(id, |b| {
-                    b.iter(|| kernel(black_box(&w), &acts, &mut out, 0..rows))
+                    b.iter(|| {
+                        kernel(
+                            black_box(&w),
+                            &acts,
+                            &mut OutRows::all(&mut out, n_tokens, rows),
+                        )
+                    })
                 });
             }
         }
@@ -82,7 +88,7 @@ fn i2s_matmul(c: &mut Criterion) {
     }
 }
 
-type F16Kernel = fn(&[f16], usize, &[f16], &mut [f32], std::ops::Range<usize>, &mut Vec<f32>);
+type F16Kernel = fn(&[f16], usize, &[f16], &mut OutRows, &mut Vec<f32>);
 
 /// The tied output projection of 2B-4T (vocab 50257 x 2560, F16) for one token.
 fn f16_head(c: &mut Criterion) {
@@ -107,7 +113,10 @@ fn f16_head(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((w.len() * 2) as u64));
         let (mut out, mut scratch) = (vec![0f32; rows], Vec::new());
         group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), "1tok"), |b| {
-            b.iter(|| kernel(black_box(&w), cols, &x16, &mut out, 0..rows, &mut scratch))
+            b.iter(|| {
+                let mut out = OutRows::all(&mut out, 1, rows);
+                kernel(black_box(&w), cols, &x16, &mut out, &mut scratch)
+            })
         });
         group.finish();
     }

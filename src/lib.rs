@@ -1,5 +1,6 @@
 pub mod app;
 pub mod chat;
+pub mod compute;
 pub mod dummy;
 pub mod engine;
 pub mod gguf;

@@ -7,25 +7,25 @@
 use std::hint::black_box;
 
 use bitnet_kernels::layout::encode_i2s;
-use bitnet_kernels::{I2sMatrix, QuantizedActs, scalar};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 const N: usize = 2560;
 
 #[inline(never)]
 fn run_scalar(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32]) {
-    scalar::i2s_matmul(w, acts, out, 0..w.rows);
+    scalar::i2s_matmul(w, acts, &mut OutRows::all(out, 1, w.rows));
 }
 
 #[cfg(target_arch = "aarch64")]
 #[inline(never)]
 fn run_tl1(w: &bitnet_kernels::tl1::Tl1Matrix, acts: &QuantizedActs, out: &mut [f32]) {
-    bitnet_kernels::aarch64::tl1_matmul_neon(w, acts, out, 0..w.rows());
+    bitnet_kernels::aarch64::tl1_matmul_neon(w, acts, &mut OutRows::all(out, 1, w.rows()));
 }
 
 #[cfg(target_arch = "aarch64")]
 #[inline(never)]
 fn run_dotprod(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32]) {
-    bitnet_kernels::aarch64::i2s_matmul_dotprod(w, acts, out, 0..w.rows);
+    bitnet_kernels::aarch64::i2s_matmul_dotprod(w, acts, &mut OutRows::all(out, 1, w.rows));
 }
 
 fn main() {

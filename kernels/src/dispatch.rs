@@ -2,12 +2,11 @@
 //! features (or forced with `--kernel`), and the calls that route to it.
 
 use std::fmt;
-use std::ops::Range;
 
 use half::f16;
 
 use crate::tl1::{Tl1Matrix, tl1_pack};
-use crate::{I2sMatrix, QuantizedActs, scalar};
+use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// What the user asked for (`--kernel auto|scalar|tl1|i2s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,25 +112,21 @@ impl Kernel {
     }
 
     /// `out[t][r] = W[r] · x[t]` for `rows`; `w` must come from [`Kernel::prepare`].
-    pub fn matmul(self, w: &Packed, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+    pub fn matmul(self, w: &Packed, acts: &QuantizedActs, out: &mut OutRows) {
         match (self, w) {
-            (Kernel::Scalar, Packed::I2s(w)) => scalar::i2s_matmul(w, acts, out, rows),
-            (Kernel::Tl1Portable, Packed::Tl1(w)) => {
-                crate::tl1::tl1_matmul_reference(w, acts, out, rows)
-            }
+            (Kernel::Scalar, Packed::I2s(w)) => scalar::i2s_matmul(w, acts, out),
+            (Kernel::Tl1Portable, Packed::Tl1(w)) => crate::tl1::tl1_matmul_reference(w, acts, out),
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Tl1Neon, Packed::Tl1(w)) => {
-                crate::aarch64::tl1_matmul_neon(w, acts, out, rows)
-            }
+            (Kernel::Tl1Neon, Packed::Tl1(w)) => crate::aarch64::tl1_matmul_neon(w, acts, out),
             #[cfg(target_arch = "aarch64")]
             (Kernel::I2sDotprod, Packed::I2s(w)) => {
-                crate::aarch64::i2s_matmul_dotprod(w, acts, out, rows)
+                crate::aarch64::i2s_matmul_dotprod(w, acts, out)
             }
             #[cfg(target_arch = "x86_64")]
-            (Kernel::I2sAvx2, Packed::I2s(w)) => crate::x86_64::i2s_matmul_avx2(w, acts, out, rows),
+            (Kernel::I2sAvx2, Packed::I2s(w)) => crate::x86_64::i2s_matmul_avx2(w, acts, out),
             #[cfg(target_arch = "x86_64")]
             (Kernel::I2sAvx512Vnni, Packed::I2s(w)) => {
-                crate::x86_64::i2s_matmul_avx512(w, acts, out, rows)
+                crate::x86_64::i2s_matmul_avx512(w, acts, out)
             }
             (kernel, _) => panic!(
                 "{} was given weights prepared for another kernel",
@@ -155,15 +150,14 @@ impl Kernel {
         w: &[f16],
         cols: usize,
         x16: &[f16],
-        out: &mut [f32],
-        rows: Range<usize>,
+        out: &mut OutRows,
         scratch: &mut Vec<f32>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
-            return crate::x86_64::f16_matmul_avx2(w, cols, x16, out, rows, scratch);
+            return crate::x86_64::f16_matmul_avx2(w, cols, x16, out, scratch);
         }
-        scalar::f16_matmul(w, cols, x16, out, rows, scratch)
+        scalar::f16_matmul(w, cols, x16, out, scratch)
     }
 }
 
@@ -236,7 +230,7 @@ mod tests {
         let mut want = vec![0f32; 3 * rows];
         let mut acts = QuantizedActs::new();
         scalar::quantize_acts(&x, cols, &mut acts);
-        scalar::i2s_matmul(&m, &acts, &mut want, 0..rows);
+        scalar::i2s_matmul(&m, &acts, &mut OutRows::all(&mut want, 3, rows));
         for choice in [KernelChoice::Auto, KernelChoice::Tl1, KernelChoice::I2s] {
             let Ok(kernel) = Kernel::select(choice) else {
                 continue;
@@ -244,7 +238,8 @@ mod tests {
             let mut acts = QuantizedActs::new();
             kernel.quantize(&x, cols, &mut acts);
             let mut got = vec![0f32; 3 * rows];
-            kernel.matmul(&kernel.prepare(m), &acts, &mut got, 0..rows);
+            let packed = kernel.prepare(m);
+            kernel.matmul(&packed, &acts, &mut OutRows::all(&mut got, 3, rows));
             assert_eq!(got, want, "{}", kernel.name());
         }
     }

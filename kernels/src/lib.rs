@@ -2,16 +2,32 @@
 //!
 //! `scalar` is the reference every other kernel is tested against. The types here are
 //! the kernel API: weights prepared once at load, a block of per-token int8
-//! activations, an output slice, and a row range so that threads can split the work.
+//! activations, and the output rows to fill ([`OutRows`]) so that threads can split the
+//! work by weight rows.
+//!
+//! Every matrix kernel has the shape of [`scalar::i2s_matmul`]:
+//! `fn(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows)`. The output is a
+//! `[token][w.rows]` buffer of which the kernel fills the rows `out.rows()` for every
+//! token: `out.token(t)[i]` is token `t`'s value of row `out.rows().start + i`. (This
+//! replaces `out: &mut [f32], rows: Range<usize>` with `out[t * w.rows + r]`; the change
+//! is mechanical: loop over `out.rows()` and write `out.token(t)[r - out.rows().start]`.)
+//! A whole buffer is `OutRows::all(&mut buf, n_tokens, w.rows)`.
+//!
+//! [`broadcast`] is the synchronization core of the compute thread pool: it lives here
+//! because lending borrowed jobs to long-lived threads needs one `unsafe` lifetime step.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod broadcast;
 pub mod dispatch;
 pub mod layout;
+pub mod rows;
 pub mod scalar;
 pub mod tl1;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
+
+pub use rows::{OutRows, RowsOut};
 
 /// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
 #[derive(Clone, Copy)]

@@ -1,12 +1,11 @@
 //! Scalar reference kernels: the executable specification that every fast kernel
 //! is tested against. Written for clarity first; integer sums are exact.
 
-use std::ops::Range;
-
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
+use crate::rows::OutRows;
 use crate::{I2sMatrix, QuantizedActs};
 
 /// bitnet.cpp's `quantize_row_i8_s`: scale = 127 / max(|x|, 1e-5) (max taken in
@@ -57,15 +56,16 @@ pub fn dequantize_sum(sum: i32, act_scale: f32, weight_scale: f32) -> f32 {
     sum as f32 / act_scale * weight_scale
 }
 
-/// `out[t][r] = W[r] · x[t]` for rows `rows` of a ternary matrix and every token of
-/// `acts`. `out` holds `acts.n_tokens()` rows of `w.rows` values.
-pub fn i2s_matmul(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+/// `out[t][r] = W[r] · x[t]` for the rows `out.rows()` of a ternary matrix and every
+/// token of `acts` (`out` is part of a `[acts.n_tokens()][w.rows]` buffer).
+pub fn i2s_matmul(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     let row_bytes = w.cols / 4;
+    let rows = out.rows();
     for t in 0..acts.n_tokens() {
         let (q, scale, _) = acts.token(t);
-        for r in rows.clone() {
+        for (o, r) in out.token(t).iter_mut().zip(rows.clone()) {
             let sum = i2s_dot(&w.codes[r * row_bytes..(r + 1) * row_bytes], q);
-            out[t * w.rows + r] = dequantize_sum(sum, scale, w.scale);
+            *o = dequantize_sum(sum, scale, w.scale);
         }
     }
 }
@@ -93,25 +93,19 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-/// `out[t][r] = W[r] · x16[t]` for an F16 matrix of `cols` columns (the tied output
-/// embedding). `x16` holds the tokens already rounded to f16; `scratch` is reused.
-pub fn f16_matmul(
-    w: &[f16],
-    cols: usize,
-    x16: &[f16],
-    out: &mut [f32],
-    rows: Range<usize>,
-    scratch: &mut Vec<f32>,
-) {
-    let n_rows = w.len() / cols;
+/// `out[t][r] = W[r] · x16[t]` for the rows `out.rows()` of an F16 matrix of `cols`
+/// columns (the tied output embedding). `x16` holds the tokens already rounded to f16;
+/// `scratch` is reused.
+pub fn f16_matmul(w: &[f16], cols: usize, x16: &[f16], out: &mut OutRows, scratch: &mut Vec<f32>) {
     let n_tokens = x16.len() / cols;
     scratch.resize(cols * (n_tokens + 1), 0.0);
     let (row, xs) = scratch.split_at_mut(cols);
     x16.convert_to_f32_slice(xs);
-    for r in rows {
+    let start = out.rows().start;
+    for r in out.rows() {
         w[r * cols..(r + 1) * cols].convert_to_f32_slice(row);
         for t in 0..n_tokens {
-            out[t * n_rows + r] = dot_f32(row, &xs[t * cols..(t + 1) * cols]);
+            out.token(t)[r - start] = dot_f32(row, &xs[t * cols..(t + 1) * cols]);
         }
     }
 }
@@ -276,7 +270,7 @@ mod tests {
     #[test]
     fn q6_k_decodes_every_position_and_scale() {
         let q: [u8; 256] = std::array::from_fn(|i| ((i * 37 + 5) % 64) as u8);
-        let scales: [i8; 16] = std::array::from_fn(|i| i as i8 * 9 - 70);
+        let scales: [i8; 16] = std::array::from_fn(|i| (i as i32 * 9 - 70) as i8);
         let block = pack_q6_k(&q, &scales, 0.5);
         assert_eq!(block.len(), Q6_K_BYTES);
         let mut y = [0f32; 256];

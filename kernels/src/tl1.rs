@@ -17,11 +17,9 @@
 //! `h` bytes (entries 9..15 are zero and never indexed): 32 bytes per pair, `16·cols`
 //! bytes per token. Two `l` lookups add in a byte without overflow (<= 254).
 
-use std::ops::Range;
-
 use crate::layout::i2s_get;
 use crate::scalar::dequantize_sum;
-use crate::{I2sMatrix, QuantizedActs};
+use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// Rows per TL1 group: one byte lane of a 16-byte vector each.
 pub const TL1_GROUP: usize = 16;
@@ -121,12 +119,8 @@ pub fn tl1_build_lut(q: &[i8], lut: &mut Vec<u8>) {
 /// Portable TL1 matmul: decodes the layout and sums table entries exactly as the NEON
 /// kernel does (`128·Σh + Σl`), so the layout and tables are tested on any host.
 /// Same contract as [`crate::scalar::i2s_matmul`].
-pub fn tl1_matmul_reference(
-    w: &Tl1Matrix,
-    acts: &QuantizedActs,
-    out: &mut [f32],
-    rows: Range<usize>,
-) {
+pub fn tl1_matmul_reference(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut OutRows) {
+    let rows = out.rows();
     let mut lut = Vec::new();
     for t in 0..acts.n_tokens() {
         let (q, scale, _) = acts.token(t);
@@ -138,7 +132,7 @@ pub fn tl1_matmul_reference(
                 low += i32::from(table[i]);
                 high += i32::from(table[16 + i] as i8);
             }
-            out[t * w.rows + r] = dequantize_sum(128 * high + low, scale, w.scale);
+            out.token(t)[r - rows.start] = dequantize_sum(128 * high + low, scale, w.scale);
         }
     }
 }

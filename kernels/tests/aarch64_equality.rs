@@ -20,6 +20,6 @@ fn i2s_dotprod_equals_scalar() {
 
 #[test]
 fn tl1_neon_equals_scalar() {
-    let cases = check_all(&|w, acts, out, rows| tl1_matmul_neon(&tl1_pack(w), acts, out, rows));
+    let cases = check_all(&|w, acts, out| tl1_matmul_neon(&tl1_pack(w), acts, out));
     eprintln!("tl1_matmul_neon: {cases} cases equal");
 }

@@ -10,10 +10,10 @@ use bitnet_kernels::x86_64::{
     f16_avx2_available, f16_matmul_avx2, i2s_avx2_available, i2s_avx512_available, i2s_matmul_avx2,
     i2s_matmul_avx512, quantize_acts_avx2,
 };
-use bitnet_kernels::{I2sMatrix, QuantizedActs, scalar};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, scalar};
 use half::f16;
 
-type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut [f32], Range<usize>);
+type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut OutRows);
 
 /// The I2_S kernels this CPU can run; prints the ones it cannot (once).
 fn i2s_kernels() -> Vec<(&'static str, I2sKernel)> {
@@ -76,10 +76,19 @@ fn check_i2s(codes: &[u8], n_rows: usize, k: usize, acts: &QuantizedActs, rows: 
     let n = acts.n_tokens() * n_rows;
     let sentinel = f32::from_bits(0x7fc0_1234);
     let mut want = vec![sentinel; n];
-    scalar::i2s_matmul(&w, acts, &mut want, rows.clone());
+    let tokens = acts.n_tokens();
+    scalar::i2s_matmul(
+        &w,
+        acts,
+        &mut OutRows::new(&mut want, tokens, n_rows, rows.clone()),
+    );
     for (name, kernel) in i2s_kernels() {
         let mut got = vec![sentinel; n];
-        kernel(&w, acts, &mut got, rows.clone());
+        kernel(
+            &w,
+            acts,
+            &mut OutRows::new(&mut got, tokens, n_rows, rows.clone()),
+        );
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             assert_eq!(
                 g.to_bits(),
@@ -178,7 +187,7 @@ fn i2s_rejects_partial_blocks() {
         scale: 1.0,
     };
     let acts = quantized(&[0.5; 100], 100);
-    i2s_matmul_avx2(&w, &acts, &mut [0.0], 0..1);
+    i2s_matmul_avx2(&w, &acts, &mut OutRows::all(&mut [0.0], 1, 1));
 }
 
 /// Compares [`f16_matmul_avx2`] bit-for-bit with the scalar reference: it keeps the
@@ -196,8 +205,10 @@ fn check_f16(w: &[f16], cols: usize, x: &[f32], rows: Range<usize>) {
     let sentinel = f32::from_bits(0x7fc0_1234);
     let mut want = vec![sentinel; n_rows * n_tokens];
     let mut got = want.clone();
-    scalar::f16_matmul(w, cols, &x16, &mut want, rows.clone(), &mut Vec::new());
-    f16_matmul_avx2(w, cols, &x16, &mut got, rows.clone(), &mut Vec::new());
+    let mut want_rows = OutRows::new(&mut want, n_tokens, n_rows, rows.clone());
+    scalar::f16_matmul(w, cols, &x16, &mut want_rows, &mut Vec::new());
+    let mut got_rows = OutRows::new(&mut got, n_tokens, n_rows, rows.clone());
+    f16_matmul_avx2(w, cols, &x16, &mut got_rows, &mut Vec::new());
     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g.to_bits(),

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use super::common::{self, tokens_per_second};
 use crate::chat::ChatTemplate;
+use crate::compute::Pool;
 use crate::engine::{Engine, GenParams, Outcome, Step};
 use crate::sampler::SamplerConfig;
 
@@ -36,6 +37,9 @@ pub struct RunArgs {
     /// Compute threads.
     #[arg(short = 't', long = "threads", default_value_t = 2)]
     pub threads: usize,
+    /// Pin the compute threads to these cores (e.g. 2,3); thread i takes the i-th.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
     /// Sampling temperature; 0 is greedy.
     #[arg(long = "temp", default_value_t = 0.8)]
     pub temp: f32,
@@ -70,11 +74,11 @@ pub struct RunArgs {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
-    let loaded = common::load(&path, args.pretokenizer.as_deref())?;
+    let mut loaded = common::load(&path, args.pretokenizer.as_deref())?;
     eprintln!("load time = {:.2} ms", loaded.load_time.as_secs_f64() * 1e3);
-    if args.threads != 1 {
-        log::info!("-t {}: this build computes on one thread", args.threads);
-    }
+    loaded
+        .model
+        .set_pool(Pool::new(args.threads, args.cores.as_deref())?);
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match args.ctx_size {
         0 => n_ctx_train,

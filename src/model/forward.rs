@@ -4,14 +4,27 @@
 //! RoPE angles are built by repeated multiplication in f32, attention multiplies
 //! F16-rounded queries with the F16 KV cache and F16-rounded probabilities with V,
 //! and the tied output projection uses F16-rounded activations.
+//!
+//! Matrix products are split by output rows, attention by heads, over the model's
+//! compute pool. Each output element is computed by the same code whatever the thread
+//! count, so results do not depend on it.
 
-use bitnet_kernels::{QuantizedActs, scalar};
+use std::sync::{Mutex, PoisonError};
+
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, RowsOut, scalar};
 use half::f16;
 
 use super::hparams::{Arch, HParams};
 use super::weights::{Embedding, Ternary};
 use super::{Model, ModelError};
+use crate::compute::Pool;
 use crate::gguf::GgmlType;
+
+/// The ternary matrix kernel: the one place where a faster kernel is plugged in.
+const I2S_MATMUL: fn(&I2sMatrix, &QuantizedActs, &mut OutRows) = scalar::i2s_matmul;
+
+/// Row blocks per thread: several, so that a thread slowed by other work takes fewer.
+const BLOCKS_PER_THREAD: usize = 8;
 
 /// Per-sequence state: the KV cache and the scratch buffers of one forward pass.
 /// Buffers grow to the largest batch seen and are reused, so steady-state decoding
@@ -36,16 +49,57 @@ struct Buffers {
     gate: Vec<f32>,
     up: Vec<f32>,
     proj: Vec<f32>,
-    scores: Vec<f32>,
     q16: Vec<f16>,
-    p16: Vec<f16>,
     acts: QuantizedActs,
     logits: Vec<f32>,
     head_in: Vec<f16>,
     head_q8: Vec<u8>,
-    head_scratch: Vec<f32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+    /// One per compute thread, taken by thread index (so never contended).
+    threads: Vec<Mutex<ThreadScratch>>,
+}
+
+/// What one compute thread needs for itself.
+struct ThreadScratch {
+    /// Attention scores of one (token, head) over the visible cache.
+    scores: Vec<f32>,
+    p16: Vec<f16>,
+    /// A dequantized output-embedding row and the f32 activations.
+    row: Vec<f32>,
+}
+
+impl ThreadScratch {
+    /// Room for a full context up front, so that decoding never grows these buffers.
+    fn new(n_ctx: usize) -> Self {
+        ThreadScratch {
+            scores: Vec::with_capacity(n_ctx),
+            p16: Vec::with_capacity(n_ctx),
+            row: Vec::new(),
+        }
+    }
+}
+
+impl Buffers {
+    fn ensure_threads(&mut self, n_threads: usize, n_ctx: usize) {
+        if self.threads.len() < n_threads {
+            self.threads
+                .resize_with(n_threads, || Mutex::new(ThreadScratch::new(n_ctx)));
+        }
+    }
+}
+
+/// Thread `i`'s scratch; a panic elsewhere leaves nothing in it that matters.
+fn scratch(threads: &[Mutex<ThreadScratch>], i: usize) -> std::sync::MutexGuard<'_, ThreadScratch> {
+    threads[i].lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Rows per block when `n_rows` are split over the pool's threads.
+fn row_block(pool: &Pool, n_rows: usize) -> usize {
+    match pool.n_threads() {
+        1 => n_rows.max(1),
+        n => n_rows.div_ceil(n * BLOCKS_PER_THREAD).next_multiple_of(16),
+    }
 }
 
 impl Session {
@@ -115,9 +169,10 @@ impl Model {
                 n_vocab: hp.n_vocab,
             });
         }
-        let file = self.file();
+        let (file, pool) = (self.file(), &self.pool);
         let (n, d, dkv, ff) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff);
         let b = &mut s.buf;
+        b.ensure_threads(pool.n_threads(), s.n_ctx);
         b.x.resize(n * d, 0.0);
         for (row, &tok) in b.x.chunks_exact_mut(d).zip(tokens) {
             self.embedding_row(tok as usize, row);
@@ -128,9 +183,9 @@ impl Model {
             // Attention block.
             rms_norm(&b.x, &layer.attn_norm, hp.rms_eps, &mut b.xn);
             scalar::quantize_acts(&b.xn, d, &mut b.acts);
-            bitlinear(&layer.wq, file, &b.acts, &mut b.q);
-            bitlinear(&layer.wk, file, &b.acts, &mut b.k);
-            bitlinear(&layer.wv, file, &b.acts, &mut b.v);
+            bitlinear(pool, &layer.wq, file, &b.acts, &mut b.q);
+            bitlinear(pool, &layer.wk, file, &b.acts, &mut b.k);
+            bitlinear(pool, &layer.wv, file, &b.acts, &mut b.v);
             apply_rope(&mut b.q, hp.head_dim, &b.rope_cos, &b.rope_sin);
             apply_rope(&mut b.k, hp.head_dim, &b.rope_cos, &b.rope_sin);
             let layer_cache = l * s.n_ctx * dkv;
@@ -142,25 +197,25 @@ impl Model {
             let cache_len = s.n_past + n;
             let k_cache = &s.k_cache[layer_cache..layer_cache + cache_len * dkv];
             let v_cache = &s.v_cache[layer_cache..layer_cache + cache_len * dkv];
-            attention(hp, s.n_past, k_cache, v_cache, b);
+            attention(pool, hp, s.n_past, k_cache, v_cache, b);
             if let Some(w) = &layer.attn_sub_norm {
                 rms_norm_in_place(&mut b.attn, w, hp.rms_eps);
             }
             scalar::quantize_acts(&b.attn, d, &mut b.acts);
-            bitlinear(&layer.wo, file, &b.acts, &mut b.proj);
+            bitlinear(pool, &layer.wo, file, &b.acts, &mut b.proj);
             add(&mut b.x, &b.proj);
 
             // Feed-forward block.
             rms_norm(&b.x, &layer.ffn_norm, hp.rms_eps, &mut b.xn);
             scalar::quantize_acts(&b.xn, d, &mut b.acts);
-            bitlinear(&layer.gate, file, &b.acts, &mut b.gate);
-            bitlinear(&layer.up, file, &b.acts, &mut b.up);
+            bitlinear(pool, &layer.gate, file, &b.acts, &mut b.gate);
+            bitlinear(pool, &layer.up, file, &b.acts, &mut b.up);
             gated_activation(hp.arch, &mut b.gate, &b.up);
             if let Some(w) = &layer.ffn_sub_norm {
                 rms_norm_in_place(&mut b.gate, w, hp.rms_eps);
             }
             scalar::quantize_acts(&b.gate, ff, &mut b.acts);
-            bitlinear(&layer.down, file, &b.acts, &mut b.proj);
+            bitlinear(pool, &layer.down, file, &b.acts, &mut b.proj);
             add(&mut b.x, &b.proj);
         }
 
@@ -209,46 +264,69 @@ impl Model {
         let n = b.xn.len() / d;
         b.logits.resize(n * vocab, 0.0);
         let table = &self.file()[bytes.clone()];
+        let (pool, threads) = (&self.pool, &b.threads);
+        let logits = RowsOut::new(&mut b.logits, n, vocab, row_block(pool, vocab));
         match ggml_type {
             GgmlType::F16 => {
                 scalar::round_to_f16(&b.xn, &mut b.head_in);
-                let w: &[f16] = bytemuck::cast_slice(table);
-                scalar::f16_matmul(
-                    w,
-                    d,
-                    &b.head_in,
-                    &mut b.logits,
-                    0..vocab,
-                    &mut b.head_scratch,
-                );
+                let (w, x16): (&[f16], &[f16]) = (bytemuck::cast_slice(table), &b.head_in);
+                pool.run(&|thread| {
+                    let row = &mut scratch(threads, thread).row;
+                    while let Some(mut part) = logits.next_chunk() {
+                        scalar::f16_matmul(w, d, x16, &mut part, row);
+                    }
+                });
             }
             GgmlType::Q8_0 => {
-                for t in 0..n {
-                    scalar::quantize_q8_0(&b.xn[t * d..(t + 1) * d], &mut b.head_q8);
-                    for (r, row) in table.chunks_exact(*row_bytes).enumerate() {
-                        b.logits[t * vocab + r] = scalar::q8_0_dot(row, &b.head_q8);
+                // d is a multiple of the block size, so each token's blocks are contiguous.
+                scalar::quantize_q8_0(&b.xn, &mut b.head_q8);
+                let x8 = &b.head_q8;
+                pool.run(&|_| {
+                    while let Some(mut part) = logits.next_chunk() {
+                        let start = part.rows().start;
+                        for r in part.rows() {
+                            let row = &table[r * row_bytes..(r + 1) * row_bytes];
+                            for t in 0..n {
+                                let x = &x8[t * row_bytes..(t + 1) * row_bytes];
+                                part.token(t)[r - start] = scalar::q8_0_dot(row, x);
+                            }
+                        }
                     }
-                }
+                });
             }
             GgmlType::F32 | GgmlType::Q6K => {
-                b.head_scratch.resize(d, 0.0);
-                for r in 0..vocab {
-                    self.embedding_row(r, &mut b.head_scratch);
-                    for t in 0..n {
-                        let x = &b.xn[t * d..(t + 1) * d];
-                        b.logits[t * vocab + r] = scalar::dot_f32(&b.head_scratch, x);
+                let xn = &b.xn;
+                pool.run(&|thread| {
+                    let row = &mut scratch(threads, thread).row;
+                    row.resize(d, 0.0);
+                    while let Some(mut part) = logits.next_chunk() {
+                        let start = part.rows().start;
+                        for r in part.rows() {
+                            self.embedding_row(r, row);
+                            for t in 0..n {
+                                let x = &xn[t * d..(t + 1) * d];
+                                part.token(t)[r - start] = scalar::dot_f32(row, x);
+                            }
+                        }
                     }
-                }
+                });
             }
             other => unreachable!("embedding type {other} refused at load"),
         }
     }
 }
 
-/// A BitLinear layer: ternary weights times per-token int8 activations.
-fn bitlinear(w: &Ternary, file: &[u8], acts: &QuantizedActs, out: &mut Vec<f32>) {
-    out.resize(acts.n_tokens() * w.rows, 0.0);
-    scalar::i2s_matmul(&w.view(file), acts, out, 0..w.rows);
+/// A BitLinear layer: ternary weights times per-token int8 activations, split by rows.
+fn bitlinear(pool: &Pool, w: &Ternary, file: &[u8], acts: &QuantizedActs, out: &mut Vec<f32>) {
+    let n = acts.n_tokens();
+    out.resize(n * w.rows, 0.0);
+    let m = w.view(file);
+    let parts = RowsOut::new(out, n, w.rows, row_block(pool, w.rows));
+    pool.run(&|_| {
+        while let Some(mut part) = parts.next_chunk() {
+            I2S_MATMUL(&m, acts, &mut part);
+        }
+    });
     if let Some(s) = w.out_scale {
         out.iter_mut().for_each(|v| *v *= s);
     }
@@ -334,51 +412,81 @@ fn store_f16(src: &[f32], dst: &mut [f16]) {
     }
 }
 
-/// Causal GQA attention of the batch's queries (`b.q`) over the cache; writes the
-/// concatenated heads into `b.attn`.
-fn attention(hp: &HParams, n_past: usize, k_cache: &[f16], v_cache: &[f16], b: &mut Buffers) {
-    let (hd, dkv, d) = (hp.head_dim, hp.n_embd_kv(), hp.n_embd);
-    let group = hp.n_head / hp.n_head_kv;
+/// Causal GQA attention of the batch's queries (`b.q`) over the cache, split by heads;
+/// writes the concatenated heads into `b.attn`.
+fn attention(
+    pool: &Pool,
+    hp: &HParams,
+    n_past: usize,
+    k_cache: &[f16],
+    v_cache: &[f16],
+    b: &mut Buffers,
+) {
+    let (hd, d) = (hp.head_dim, hp.n_embd);
     let n = b.q.len() / d;
-    let scale = 1.0 / (hd as f32).sqrt();
     b.attn.clear();
     b.attn.resize(n * d, 0.0);
     scalar::round_to_f16(&b.q, &mut b.q16);
+    let (q16, threads) = (&b.q16, &b.threads);
+    // The output's "rows" here are its columns: one block of head_dim per head.
+    let heads = RowsOut::new(&mut b.attn, n, d, hd);
+    pool.run(&|thread| {
+        let s = &mut *scratch(threads, thread);
+        while let Some(mut out) = heads.next_chunk() {
+            let h = out.rows().start / hd;
+            attend_head(hp, n_past, h, q16, k_cache, v_cache, &mut out, s);
+        }
+    });
+}
+
+/// Attention of head `h` for every token of the batch, into `out` (that head's columns).
+#[allow(clippy::too_many_arguments)] // the inputs of one head's attention, no more
+fn attend_head(
+    hp: &HParams,
+    n_past: usize,
+    h: usize,
+    q16: &[f16],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    out: &mut OutRows,
+    s: &mut ThreadScratch,
+) {
+    let (hd, dkv, d) = (hp.head_dim, hp.n_embd_kv(), hp.n_embd);
+    let kvh = h / (hp.n_head / hp.n_head_kv);
+    let n = out.n_tokens();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let v_head = |j: usize| &v_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
     for t in 0..n {
         let visible = n_past + t + 1;
-        for h in 0..hp.n_head {
-            let kvh = h / group;
-            let q = &b.q16[t * d + h * hd..t * d + (h + 1) * hd];
-            b.scores.clear();
-            for j in 0..visible {
-                let k = &k_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
-                let dot: f32 = q.iter().zip(k).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
-                b.scores.push(dot * scale);
+        let q = &q16[t * d + h * hd..t * d + (h + 1) * hd];
+        s.scores.clear();
+        for j in 0..visible {
+            let k = &k_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
+            let dot: f32 = q.iter().zip(k).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
+            s.scores.push(dot * scale);
+        }
+        softmax(&mut s.scores);
+        let out = out.token(t);
+        if n > 1 {
+            // ggml's batched F16 x F32 product keeps the probabilities in f32.
+            for (j, &p) in s.scores.iter().enumerate() {
+                for (o, v) in out.iter_mut().zip(v_head(j)) {
+                    *o += p * v.to_f32();
+                }
             }
-            softmax(&mut b.scores);
-            let out = &mut b.attn[t * d + h * hd..t * d + (h + 1) * hd];
-            let v_head = |j: usize| &v_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
-            if n > 1 {
-                // ggml's batched F16 x F32 product keeps the probabilities in f32.
-                for (j, &p) in b.scores.iter().enumerate() {
-                    for (o, v) in out.iter_mut().zip(v_head(j)) {
-                        *o += p * v.to_f32();
-                    }
-                }
-            } else {
-                // One token: ggml rounds the probabilities to f16 and, for a short
-                // cache, sums the products in double.
-                b.p16.clear();
-                b.p16.extend(b.scores.iter().map(|&p| f16::from_f32(p)));
-                for (i, o) in out.iter_mut().enumerate() {
-                    let sum: f64 = b
-                        .p16
-                        .iter()
-                        .enumerate()
-                        .map(|(j, p)| f64::from(p.to_f32() * v_head(j)[i].to_f32()))
-                        .sum();
-                    *o = sum as f32;
-                }
+        } else {
+            // One token: ggml rounds the probabilities to f16 and, for a short
+            // cache, sums the products in double.
+            s.p16.clear();
+            s.p16.extend(s.scores.iter().map(|&p| f16::from_f32(p)));
+            for (i, o) in out.iter_mut().enumerate() {
+                let sum: f64 = s
+                    .p16
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| f64::from(p.to_f32() * v_head(j)[i].to_f32()))
+                    .sum();
+                *o = sum as f32;
             }
         }
     }

@@ -11,6 +11,7 @@ pub use forward::{Logits, Session};
 pub use hparams::{Arch, HParams};
 pub use weights::{Embedding, Layer, Ternary, Weights};
 
+use crate::compute::Pool;
 use crate::gguf::{GgmlType, Gguf, GgufError};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub struct Model {
     pub gguf: Gguf,
     pub hparams: HParams,
     pub weights: Weights,
+    /// The threads the forward pass computes on (the caller's alone until set).
+    pool: Pool,
 }
 
 impl Model {
@@ -70,7 +73,18 @@ impl Model {
             gguf,
             hparams,
             weights,
+            pool: Pool::single(),
         })
+    }
+
+    /// Computes on `pool` from now on.
+    pub fn set_pool(&mut self, pool: Pool) {
+        self.pool = pool;
+    }
+
+    /// Threads the forward pass computes on.
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
     }
 
     fn file(&self) -> &[u8] {

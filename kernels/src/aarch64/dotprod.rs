@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::scalar::dequantize_sum;
-use crate::{I2sMatrix, QuantizedActs};
+use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// `$acc` (4 x i32) += the 4-way dot products of the signed bytes `$a` and `$b`.
 /// Expanded only inside `#[target_feature(enable = "dotprod")]` functions.
@@ -41,12 +41,8 @@ const ROW_TILE: usize = 4;
 ///
 /// # Panics
 /// If the CPU lacks dot-product, or on inconsistent shapes.
-pub fn i2s_matmul_dotprod(
-    w: &I2sMatrix,
-    acts: &QuantizedActs,
-    out: &mut [f32],
-    rows: Range<usize>,
-) {
+pub fn i2s_matmul_dotprod(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
+    let rows = out.rows();
     assert!(
         std::arch::is_aarch64_feature_detected!("dotprod"),
         "i2s_matmul_dotprod needs the dot-product extension"
@@ -58,14 +54,14 @@ pub fn i2s_matmul_dotprod(
     assert_eq!(acts.k(), w.cols, "activation length");
     assert!(w.codes.len() >= w.rows * w.cols / 4, "codes too short");
     assert!(rows.start <= rows.end && rows.end <= w.rows, "row range");
-    assert!(out.len() >= acts.n_tokens() * w.rows, "output too short");
+    assert_eq!(out.n_tokens(), acts.n_tokens(), "output tokens");
     // SAFETY: dot-product was detected above, and the asserts give every pointer the
     // kernel forms a bound inside `w.codes` and the activations.
     unsafe { matmul(w, acts, out, rows) }
 }
 
 #[target_feature(enable = "dotprod")]
-unsafe fn matmul(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+unsafe fn matmul(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows, rows: Range<usize>) {
     let n = acts.n_tokens();
     let mut t = 0;
     if n > 1 {
@@ -88,7 +84,7 @@ unsafe fn tile<const R: usize, const NT: usize>(
     w: &I2sMatrix,
     acts: &QuantizedActs,
     t0: usize,
-    out: &mut [f32],
+    out: &mut OutRows,
     rows: Range<usize>,
 ) {
     let row_bytes = w.cols / 4;
@@ -97,7 +93,7 @@ unsafe fn tile<const R: usize, const NT: usize>(
         for (i, s) in sums.iter().enumerate() {
             for (t, &sum) in s.iter().enumerate() {
                 let scale = acts.token(t0 + t).1;
-                out[(t0 + t) * w.rows + r + i] = dequantize_sum(sum, scale, w.scale);
+                out.token(t0 + t)[r + i - rows.start] = dequantize_sum(sum, scale, w.scale);
             }
         }
     };

@@ -2,11 +2,10 @@
 
 use std::arch::aarch64::*;
 use std::cell::RefCell;
-use std::ops::Range;
 
-use crate::QuantizedActs;
 use crate::scalar::dequantize_sum;
 use crate::tl1::{TL1_GROUP, TL1_LUT_PAIR_BYTES, Tl1Matrix, tl1_build_lut};
+use crate::{OutRows, QuantizedActs};
 
 /// Tokens that share one load and split of each weight step in prefill.
 const TOKEN_TILE: usize = 4;
@@ -20,7 +19,8 @@ thread_local! {
 
 /// TL1 matmul, same contract and result as [`crate::scalar::i2s_matmul`] on the
 /// matrix `w` was packed from. Whole 16-row groups are computed; only `rows` written.
-pub fn tl1_matmul_neon(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+pub fn tl1_matmul_neon(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut OutRows) {
+    let rows = out.rows();
     let cols = w.cols();
     assert!(
         cols.is_multiple_of(4 * STEPS_PER_FLUSH),
@@ -28,7 +28,7 @@ pub fn tl1_matmul_neon(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut [f32], row
     );
     assert_eq!(acts.k(), cols, "activation length");
     assert!(rows.start <= rows.end && rows.end <= w.rows(), "row range");
-    assert!(out.len() >= acts.n_tokens() * w.rows(), "output too short");
+    assert_eq!(out.n_tokens(), acts.n_tokens(), "output tokens");
     if rows.is_empty() {
         return;
     }
@@ -52,7 +52,8 @@ pub fn tl1_matmul_neon(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut [f32], row
                     for (lane, &sum) in s.iter().enumerate() {
                         let r = g * TL1_GROUP + lane;
                         if rows.contains(&r) {
-                            out[(t + tt) * w.rows() + r] = dequantize_sum(sum, scale, w.scale());
+                            out.token(t + tt)[r - rows.start] =
+                                dequantize_sum(sum, scale, w.scale());
                         }
                     }
                 };

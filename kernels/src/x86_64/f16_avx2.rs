@@ -4,9 +4,10 @@
 //! latency; the kernel stays memory-bound on the weights.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use half::f16;
+
+use crate::OutRows;
 use half::slice::HalfFloatSliceExt;
 
 /// Weight bytes per row chunk, revisited from L2 by every tile of tokens.
@@ -18,15 +19,15 @@ pub fn f16_matmul_avx2(
     w: &[f16],
     cols: usize,
     x16: &[f16],
-    out: &mut [f32],
-    rows: Range<usize>,
+    out: &mut OutRows,
     scratch: &mut Vec<f32>,
 ) {
     assert!(super::f16_avx2_available(), "AVX2 and F16C required");
     let n_rows = w.len() / cols;
     let n_tokens = x16.len() / cols;
+    let rows = out.rows();
     assert!(rows.end <= n_rows, "row range");
-    assert!(out.len() >= n_tokens * n_rows, "output size");
+    assert_eq!(out.n_tokens(), n_tokens, "output tokens");
     scratch.resize(cols * n_tokens, 0.0);
     // Exact: every f16 is an f32.
     x16[..cols * n_tokens].convert_to_f32_slice(scratch);
@@ -61,7 +62,7 @@ pub fn f16_matmul_avx2(
                 }
                 for (i, row_sums) in sums[..m].iter().enumerate() {
                     for (j, &s) in row_sums[..n].iter().enumerate() {
-                        out[(t0 + j) * n_rows + r + i] = s;
+                        out.token(t0 + j)[r + i - rows.start] = s;
                     }
                 }
                 r += m;

@@ -2,11 +2,10 @@
 //! activations, summed in i16 over up to [`I16_BLOCKS`] blocks, then widened to i32.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use super::{TOKEN_TILE, i2s_drive};
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
-use crate::{I2sMatrix, QuantizedActs};
+use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// Blocks summed in i16 before widening. With codes ≤ 2 and q ∈ [-128, 127] a
 /// `maddubs` lane is in [-512, 508] and one block adds four of them, [-2048, 2032];
@@ -15,9 +14,9 @@ const I16_BLOCKS: usize = 16;
 
 /// [`crate::scalar::i2s_matmul`] with AVX2, bit-for-bit equal. Call only when
 /// [`super::i2s_avx2_available`] is true.
-pub fn i2s_matmul_avx2(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+pub fn i2s_matmul_avx2(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     assert!(super::i2s_avx2_available(), "AVX2 required");
-    i2s_drive(w, acts, out, rows, |codes, q, sums| {
+    i2s_drive(w, acts, out, |codes, q, sums| {
         // SAFETY: AVX2 is present (asserted above).
         unsafe {
             match q.len() {

@@ -4,17 +4,16 @@
 //! `vpdpbusd` (codes as u8 × q as i8, four products per i32 lane) accumulates exactly.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use super::{TOKEN_TILE, i2s_drive};
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
-use crate::{I2sMatrix, QuantizedActs};
+use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// [`crate::scalar::i2s_matmul`] with AVX-512 F/BW/VNNI, bit-for-bit equal. Call only
 /// when [`super::i2s_avx512_available`] is true.
-pub fn i2s_matmul_avx512(w: &I2sMatrix, acts: &QuantizedActs, out: &mut [f32], rows: Range<usize>) {
+pub fn i2s_matmul_avx512(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     assert!(super::i2s_avx512_available(), "AVX-512 VNNI required");
-    i2s_drive(w, acts, out, rows, |codes, q, sums| {
+    i2s_drive(w, acts, out, |codes, q, sums| {
         // SAFETY: AVX-512 F, BW and VNNI are present (asserted above).
         unsafe {
             match q.len() {

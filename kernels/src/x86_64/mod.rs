@@ -11,15 +11,13 @@ mod i2s_avx2;
 mod i2s_avx512;
 mod quantize_avx2;
 
-use std::ops::Range;
-
 pub use f16_avx2::f16_matmul_avx2;
 pub use i2s_avx2::i2s_matmul_avx2;
 pub use i2s_avx512::i2s_matmul_avx512;
 pub use quantize_avx2::quantize_acts_avx2;
 
 use crate::layout::I2S_BLOCK;
-use crate::{I2sMatrix, QuantizedActs, scalar};
+use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// Whether [`i2s_matmul_avx2`] and [`quantize_acts_avx2`] may run on this CPU.
 pub fn i2s_avx2_available() -> bool {
@@ -51,8 +49,7 @@ const CHUNK_BYTES: usize = 64 * 1024;
 fn i2s_drive(
     w: &I2sMatrix,
     acts: &QuantizedActs,
-    out: &mut [f32],
-    rows: Range<usize>,
+    out: &mut OutRows,
     mut tile: impl FnMut(&[u8], &[&[i8]], &mut [i32]),
 ) {
     assert!(
@@ -61,9 +58,10 @@ fn i2s_drive(
     );
     assert_eq!(acts.k(), w.cols, "activation length");
     assert!(w.codes.len() >= w.rows * w.cols / 4, "weight bytes");
+    let rows = out.rows();
     assert!(rows.end <= w.rows, "row range");
     let n_tokens = acts.n_tokens();
-    assert!(out.len() >= n_tokens * w.rows, "output size");
+    assert_eq!(out.n_tokens(), n_tokens, "output tokens");
     let row_bytes = w.cols / 4;
     let chunk_rows = (CHUNK_BYTES / row_bytes.max(1)).max(1);
     let mut sums = [0i32; TOKEN_TILE];
@@ -87,7 +85,8 @@ fn i2s_drive(
                     // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q. The SIMD sums wrap, so
                     // this is exact whenever Σ t·q itself fits in i32.
                     let exact = sum.wrapping_sub(act_sum);
-                    out[(t0 + j) * w.rows + r] = scalar::dequantize_sum(exact, scale, w.scale);
+                    out.token(t0 + j)[r - rows.start] =
+                        scalar::dequantize_sum(exact, scale, w.scale);
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use bitnet_kernels::layout::encode_i2s;
 use bitnet_kernels::scalar::i2s_matmul;
-use bitnet_kernels::{I2sMatrix, QuantizedActs};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
 
 /// SplitMix64: tiny and deterministic, so a failing case reproduces.
 pub struct Rng(u64);
@@ -74,7 +74,7 @@ pub fn acts(rng: &mut Rng, kind: Acts, k: usize, tokens: usize) -> QuantizedActs
 }
 
 /// A kernel under test, with the `i2s_matmul` contract.
-pub type Kernel<'a> = &'a dyn Fn(&I2sMatrix, &QuantizedActs, &mut [f32], Range<usize>);
+pub type Kernel<'a> = &'a dyn Fn(&I2sMatrix, &QuantizedActs, &mut OutRows);
 
 const SENTINEL: f32 = -12345.5;
 
@@ -84,8 +84,17 @@ pub fn check_case(kernel: Kernel, w: &I2sMatrix, acts: &QuantizedActs, rows: Ran
     let n = acts.n_tokens() * w.rows;
     let mut want = vec![SENTINEL; n];
     let mut got = vec![SENTINEL; n];
-    i2s_matmul(w, acts, &mut want, rows.clone());
-    kernel(w, acts, &mut got, rows.clone());
+    let tokens = acts.n_tokens();
+    i2s_matmul(
+        w,
+        acts,
+        &mut OutRows::new(&mut want, tokens, w.rows, rows.clone()),
+    );
+    kernel(
+        w,
+        acts,
+        &mut OutRows::new(&mut got, tokens, w.rows, rows.clone()),
+    );
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             a.to_bits(),

@@ -1,0 +1,166 @@
+//! Disjoint row ranges of a `[token][row]` output, for threads that each write some rows.
+//!
+//! A matrix product's output holds, for every token, one value per weight row. A thread
+//! that owns rows `a..b` writes `b - a` values in each token's row: strided pieces that
+//! `split_at_mut` cannot hand out. [`RowsOut`] lends such pieces as [`OutRows`], each
+//! block of rows exactly once, so that threads can fill one buffer without locks.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The rows `rows` of every token of a `[n_tokens][n_rows]` output: what one kernel call
+/// writes. Distinct `OutRows` of one buffer never share a row.
+pub struct OutRows<'a> {
+    ptr: *mut f32,
+    n_tokens: usize,
+    n_rows: usize,
+    rows: Range<usize>,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: an `OutRows` is the only handle to its elements (see `RowsOut::next_chunk` and
+// `OutRows::new`), like a `&mut [f32]`, so moving it to another thread is sound.
+unsafe impl Send for OutRows<'_> {}
+
+impl<'a> OutRows<'a> {
+    /// The rows `rows` of `out`, an exclusively borrowed `[n_tokens][n_rows]` buffer.
+    pub fn new(out: &'a mut [f32], n_tokens: usize, n_rows: usize, rows: Range<usize>) -> Self {
+        assert_eq!(
+            out.len(),
+            n_tokens * n_rows,
+            "output is not n_tokens x n_rows"
+        );
+        assert!(
+            rows.start <= rows.end && rows.end <= n_rows,
+            "rows out of range"
+        );
+        OutRows {
+            ptr: out.as_mut_ptr(),
+            n_tokens,
+            n_rows,
+            rows,
+            _out: PhantomData,
+        }
+    }
+
+    /// Every row of `out`.
+    pub fn all(out: &'a mut [f32], n_tokens: usize, n_rows: usize) -> Self {
+        Self::new(out, n_tokens, n_rows, 0..n_rows)
+    }
+
+    /// The weight rows this part covers.
+    pub fn rows(&self) -> Range<usize> {
+        self.rows.clone()
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// Token `t`'s values for [`rows`](Self::rows): element `i` is row `rows().start + i`.
+    pub fn token(&mut self, t: usize) -> &mut [f32] {
+        assert!(t < self.n_tokens, "token {t} of {}", self.n_tokens);
+        let start = t * self.n_rows + self.rows.start;
+        // SAFETY: `ptr` addresses `n_tokens * n_rows` floats borrowed mutably for 'a
+        // (checked in `new`); `rows` lies inside `0..n_rows` and `t < n_tokens`, so the
+        // slice is in bounds. No other `OutRows` covers these rows, and `&mut self` keeps
+        // this one from lending two slices at once, so the slice aliases nothing.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.rows.len()) }
+    }
+}
+
+/// A `[n_tokens][n_rows]` output cut into blocks of `chunk` rows, handed out one block at a
+/// time to whichever thread asks next (so a slow thread simply takes fewer blocks).
+pub struct RowsOut<'a> {
+    ptr: *mut f32,
+    n_tokens: usize,
+    n_rows: usize,
+    chunk: usize,
+    next: AtomicUsize,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the blocks are handed out through an atomic counter, each at most once, so
+// threads sharing a `RowsOut` receive disjoint `OutRows`; the buffer itself is borrowed
+// mutably for 'a, as if `RowsOut` held the `&mut [f32]`.
+unsafe impl Sync for RowsOut<'_> {}
+// SAFETY: as for `Sync`: the `RowsOut` stands for an exclusive borrow of the buffer.
+unsafe impl Send for RowsOut<'_> {}
+
+impl<'a> RowsOut<'a> {
+    /// Blocks of `chunk` rows (the last may be shorter) of a `[n_tokens][n_rows]` `out`.
+    pub fn new(out: &'a mut [f32], n_tokens: usize, n_rows: usize, chunk: usize) -> Self {
+        assert_eq!(
+            out.len(),
+            n_tokens * n_rows,
+            "output is not n_tokens x n_rows"
+        );
+        assert!(chunk > 0, "empty row blocks");
+        RowsOut {
+            ptr: out.as_mut_ptr(),
+            n_tokens,
+            n_rows,
+            chunk,
+            next: AtomicUsize::new(0),
+            _out: PhantomData,
+        }
+    }
+
+    /// The next block nobody has taken yet, or `None` when all are taken.
+    pub fn next_chunk(&self) -> Option<OutRows<'_>> {
+        // Relaxed is enough: the counter only decides who gets which block; the writes
+        // are published to the reader by whatever joins the threads afterwards.
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = i.checked_mul(self.chunk)?;
+        if start >= self.n_rows {
+            return None;
+        }
+        Some(OutRows {
+            ptr: self.ptr,
+            n_tokens: self.n_tokens,
+            n_rows: self.n_rows,
+            rows: start..start.saturating_add(self.chunk).min(self.n_rows),
+            _out: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_every_row_once_across_threads() {
+        let (n_tokens, n_rows) = (3, 50);
+        let mut out = vec![0f32; n_tokens * n_rows];
+        let parts = RowsOut::new(&mut out, n_tokens, n_rows, 7);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    while let Some(mut part) = parts.next_chunk() {
+                        for t in 0..part.n_tokens() {
+                            let start = part.rows().start;
+                            for (i, v) in part.token(t).iter_mut().enumerate() {
+                                *v += (t * 1000 + start + i) as f32;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let want: Vec<f32> = (0..n_tokens)
+            .flat_map(|t| (0..n_rows).map(move |r| (t * 1000 + r) as f32))
+            .collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_sub_range_writes_only_its_rows() {
+        let mut out = vec![0f32; 2 * 4];
+        let mut part = OutRows::new(&mut out, 2, 4, 1..3);
+        part.token(0).copy_from_slice(&[1.0, 2.0]);
+        part.token(1).copy_from_slice(&[3.0, 4.0]);
+        assert_eq!(out, [0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0]);
+    }
+}
