@@ -90,35 +90,38 @@ fn i2s_matmul(c: &mut Criterion) {
 
 type F16Kernel = fn(&[f16], usize, &[f16], &mut OutRows, &mut Vec<f32>);
 
-/// The tied output projection of 2B-4T (vocab 50257 x 2560, F16) for one token.
+/// The tied output projection for one token: 2B-4T's (vocab 50257 x 2560, F16) and
+/// the tiny model's (50257 x 256, which fits in L3).
 fn f16_head(c: &mut Criterion) {
-    let (rows, cols) = (50257, 2560);
-    let mut next = lcg(4);
-    let w: Vec<f16> = (0..rows * cols)
-        .map(|_| f16::from_f32((next() % 2001) as f32 / 20000.0 - 0.05))
-        .collect();
-    let x: Vec<f32> = (0..cols)
-        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
-    let mut x16 = Vec::new();
-    scalar::round_to_f16(&x, &mut x16);
     let mut kernels: Vec<(&str, F16Kernel)> = vec![("f16_matmul_scalar", scalar::f16_matmul)];
     #[cfg(target_arch = "x86_64")]
     if bitnet_kernels::x86_64::f16_avx2_available() {
         kernels.push(("f16_matmul_avx2", bitnet_kernels::x86_64::f16_matmul_avx2));
     }
-    for (name, kernel) in kernels {
-        let mut group = c.benchmark_group(name);
-        group.sample_size(10);
-        group.throughput(Throughput::Bytes((w.len() * 2) as u64));
-        let (mut out, mut scratch) = (vec![0f32; rows], Vec::new());
-        group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), "1tok"), |b| {
-            b.iter(|| {
-                let mut out = OutRows::all(&mut out, 1, rows);
-                kernel(black_box(&w), cols, &x16, &mut out, &mut scratch)
-            })
-        });
-        group.finish();
+    for cols in [2560, 256] {
+        let rows = 50257;
+        let mut next = lcg(4);
+        let w: Vec<f16> = (0..rows * cols)
+            .map(|_| f16::from_f32((next() % 2001) as f32 / 20000.0 - 0.05))
+            .collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut x16 = Vec::new();
+        scalar::round_to_f16(&x, &mut x16);
+        for &(name, kernel) in &kernels {
+            let mut group = c.benchmark_group(name);
+            group.sample_size(10);
+            group.throughput(Throughput::Bytes((w.len() * 2) as u64));
+            let (mut out, mut scratch) = (vec![0f32; rows], Vec::new());
+            group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), "1tok"), |b| {
+                b.iter(|| {
+                    let mut out = OutRows::all(&mut out, 1, rows);
+                    kernel(black_box(&w), cols, &x16, &mut out, &mut scratch)
+                })
+            });
+            group.finish();
+        }
     }
 }
 
