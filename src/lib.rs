@@ -1,9 +1,11 @@
 pub mod app;
 pub mod chat;
+pub mod config;
 pub mod dummy;
 pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod rng;
 pub mod sampler;
+pub mod server;
 pub mod tokenizer;

@@ -597,7 +597,9 @@ mod tests {
     fn top_k_on_a_full_vocabulary_stays_in_the_top_k() {
         let vocab = 128_256;
         let mut r = Rng::new(11);
-        let logits: Vec<f32> = (0..vocab).map(|_| (r.uniform_f64() * 20.0) as f32).collect();
+        let logits: Vec<f32> = (0..vocab)
+            .map(|_| (r.uniform_f64() * 20.0) as f32)
+            .collect();
         let mut order: Vec<u32> = (0..vocab as u32).collect();
         order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         let top40 = set(&order[..40]);
