@@ -26,6 +26,11 @@ struct Daemon {
 impl Daemon {
     /// Starts the daemon with `extra` appended to its config and waits for READY=1.
     fn start(extra: &str) -> Daemon {
+        Self::start_with(extra, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    fn start_with(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("bitnetd.sock");
         let config = dir.path().join("bitnetd.toml");
@@ -48,6 +53,7 @@ impl Daemon {
             .arg(&config)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -482,4 +488,36 @@ fn bad_config_or_model_stops_the_daemon_with_a_message() {
     let missing = dir.path().join("missing.gguf");
     let err = serve(&format!("model = {:?}\n", missing.display().to_string()));
     assert!(err.contains("missing.gguf"), "{err}");
+}
+
+#[test]
+fn a_request_past_its_timeout_is_cancelled() {
+    let d = Daemon::start("[limits]\nrequest_timeout_secs = 1\n");
+    let mut c = d.connect();
+    c.send(&long_request("slow"));
+    let (_, done) = c.finish("slow");
+    // 500 tokens take longer than a second on any machine these tests run on; a stop
+    // token before that would end it as "stop".
+    assert!(
+        done["finish_reason"] == "cancelled" || done["finish_reason"] == "stop",
+        "{done}"
+    );
+    assert!(
+        done["usage"]["completion_tokens"].as_u64().unwrap() < 500,
+        "{done}"
+    );
+}
+
+#[test]
+fn the_watchdog_is_pinged_while_the_engine_lives() {
+    // A 2 s period: a check every 500 ms, a ping when the engine beat (a token, or a 500 ms
+    // idle wait on the queue) within the last second. Idle or busy, pings keep coming.
+    let d = Daemon::start_with("", &[("WATCHDOG_USEC", "2000000")]);
+    let got = d.notification();
+    assert!(got.contains("WATCHDOG=1"), "{got}");
+    let mut c = d.connect();
+    c.send(&request("w", "Hi", 4));
+    assert_eq!(c.finish("w").1["done"], true);
+    let got = d.notification();
+    assert!(got.contains("WATCHDOG=1"), "{got}");
 }
