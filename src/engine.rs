@@ -71,6 +71,8 @@ pub struct Outcome {
     pub text: String,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV state was reused instead of evaluated (prefix cache).
+    pub reused_tokens: usize,
     pub prompt_time: Duration,
     pub gen_time: Duration,
 }
@@ -83,6 +85,11 @@ pub struct Engine {
     /// A sampled token not yet evaluated: it goes in first on the next turn, so a
     /// conversation's cache holds every token, including each reply's end token.
     pending: Option<u32>,
+    /// The first tokens whose keys and values the session holds, in order: what a new
+    /// prompt's prefix is compared with. Only tokens evaluated in batches of two or more are
+    /// here: a one-token pass rounds attention differently (as ggml does), so the state of a
+    /// generated token differs from the state of the same token in a prompt.
+    cached: Vec<u32>,
 }
 
 impl Engine {
@@ -93,6 +100,7 @@ impl Engine {
             tokenizer,
             session,
             pending: None,
+            cached: Vec::new(),
         }
     }
 
@@ -108,7 +116,39 @@ impl Engine {
     /// Starts a new conversation.
     pub fn reset(&mut self) {
         self.session.truncate(0);
+        self.cached.clear();
         self.pending = None;
+    }
+
+    /// Generates from `prompt` as a new conversation, as `reset` then `generate` would, but
+    /// keeps the KV state of the longest common token prefix of `prompt` and the cache
+    /// (typically a system prompt) instead of evaluating it again. The output is the same.
+    pub fn generate_reusing(
+        &mut self,
+        prompt: &[u32],
+        params: &GenParams,
+        on_step: impl FnMut(Step) -> ControlFlow<()>,
+    ) -> Result<Outcome, EngineError> {
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // At least one token is evaluated: its logits give the first sample.
+        let mut keep = common.min(prompt.len().saturating_sub(1));
+        // Batches split at the same positions as a fresh start's (multiples of
+        // PROMPT_BATCH), and no token alone in a batch that a fresh start evaluates with
+        // others: then every token's state is computed exactly as a fresh start computes it.
+        let block_end = ((keep / PROMPT_BATCH + 1) * PROMPT_BATCH).min(prompt.len());
+        let fresh_batch = block_end - keep / PROMPT_BATCH * PROMPT_BATCH;
+        if block_end - keep == 1 && fresh_batch > 1 {
+            keep -= 1;
+        }
+        self.session.truncate(keep);
+        self.cached.truncate(keep);
+        self.pending = None;
+        self.run(prompt, keep, params, on_step)
     }
 
     /// Evaluates `input` after the conversation so far, then samples up to
@@ -117,12 +157,25 @@ impl Engine {
         &mut self,
         input: &[u32],
         params: &GenParams,
+        on_step: impl FnMut(Step) -> ControlFlow<()>,
+    ) -> Result<Outcome, EngineError> {
+        let prompt: Vec<u32> = self.pending.iter().chain(input).copied().collect();
+        self.run(&prompt, 0, params, on_step)
+    }
+
+    /// Evaluates `prompt[reused..]` (the session already holds the rest) and generates.
+    /// The sampler sees the whole `prompt`, so reuse does not change its penalties.
+    fn run(
+        &mut self,
+        prompt: &[u32],
+        reused: usize,
+        params: &GenParams,
         mut on_step: impl FnMut(Step) -> ControlFlow<()>,
     ) -> Result<Outcome, EngineError> {
         let mut sampler = Sampler::new(params.sampler)?;
-        let prompt: Vec<u32> = self.pending.iter().chain(input).copied().collect();
-        let needed = self.session.n_past() + prompt.len();
-        if needed > self.session.n_ctx() || prompt.is_empty() {
+        let input = &prompt[reused..];
+        let needed = self.session.n_past() + input.len();
+        if needed > self.session.n_ctx() || input.is_empty() {
             return Err(EngineError::PromptTooLong {
                 prompt: needed,
                 n_ctx: self.session.n_ctx(),
@@ -131,13 +184,18 @@ impl Engine {
         prompt.iter().for_each(|&t| sampler.accept(t));
 
         let start = Instant::now();
-        let chunks: Vec<&[u32]> = prompt.chunks(PROMPT_BATCH).collect();
+        // Batches end at multiples of PROMPT_BATCH counted from the prompt's start.
+        let first = (PROMPT_BATCH - reused % PROMPT_BATCH).min(input.len());
+        let (head, tail) = input.split_at(first);
+        let chunks: Vec<&[u32]> = std::iter::once(head)
+            .chain(tail.chunks(PROMPT_BATCH))
+            .collect();
         for chunk in &chunks[..chunks.len() - 1] {
-            self.model.forward(&mut self.session, chunk, Logits::Last)?;
+            forward_prompt(&self.model, &mut self.session, &mut self.cached, chunk)?;
         }
         self.pending = None;
         let last = chunks[chunks.len() - 1];
-        let mut logits = self.model.forward(&mut self.session, last, Logits::Last)?;
+        let mut logits = forward_prompt(&self.model, &mut self.session, &mut self.cached, last)?;
         let prompt_time = start.elapsed();
 
         let start = Instant::now();
@@ -195,8 +253,24 @@ impl Engine {
             text,
             finish,
             prompt_tokens: prompt.len(),
+            reused_tokens: reused,
             prompt_time,
             gen_time: start.elapsed(),
         })
     }
+}
+
+/// Evaluates a batch of prompt tokens and remembers them for the prefix cache.
+fn forward_prompt<'s>(
+    model: &Model,
+    session: &'s mut Session,
+    cached: &mut Vec<u32>,
+    chunk: &[u32],
+) -> Result<&'s [f32], EngineError> {
+    let contiguous = cached.len() == session.n_past();
+    let logits = model.forward(session, chunk, Logits::Last)?;
+    if contiguous && chunk.len() > 1 {
+        cached.extend_from_slice(chunk);
+    }
+    Ok(logits)
 }

@@ -1,10 +1,12 @@
 pub mod app;
 pub mod chat;
 pub mod compute;
+pub mod config;
 pub mod dummy;
 pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod rng;
 pub mod sampler;
+pub mod server;
 pub mod tokenizer;

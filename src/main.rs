@@ -12,6 +12,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: serve a model on a Unix socket (JSON lines).
+    Serve(app::serve::ServeArgs),
+    /// Ask the daemon a question; the answer streams to stdout.
+    Ask(app::ask::AskArgs),
     /// Generate from a prompt, or chat with -cnv (like bitnet.cpp's run_inference.py).
     Run(app::run::RunArgs),
     /// Show a model's architecture, shapes, tensors and tokenizer, and validate it.
@@ -37,6 +41,8 @@ fn main() {
         .init();
     let cli = Cli::parse_from(normalized_args());
     let result = match &cli.command {
+        Command::Serve(args) => app::serve::run(args),
+        Command::Ask(args) => app::ask::run(args),
         Command::Run(args) => app::run::run(args),
         Command::Info(args) => app::info::run(args),
         Command::Tokenize(args) => app::tokenize::run(args),

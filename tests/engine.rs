@@ -145,3 +145,61 @@ fn max_tokens_zero_generates_nothing() {
         .unwrap();
     assert_eq!((out.finish, out.tokens.len()), (FinishReason::Length, 0));
 }
+
+/// Tokens and first-step logits of one generation.
+fn run_with(
+    engine: &mut Engine,
+    prompt: &[u32],
+    params: &GenParams,
+    reuse: bool,
+) -> (Vec<u32>, Vec<f32>, usize) {
+    let mut first = Vec::new();
+    let on_step = |s: bitnetd::engine::Step| {
+        if first.is_empty() {
+            first = s.logits.to_vec();
+        }
+        ControlFlow::Continue(())
+    };
+    let o = if reuse {
+        engine.generate_reusing(prompt, params, on_step).unwrap()
+    } else {
+        engine.reset();
+        engine.generate(prompt, params, on_step).unwrap()
+    };
+    (o.tokens, first, o.reused_tokens)
+}
+
+#[test]
+fn prefix_cache_gives_the_same_output_as_a_fresh_start() {
+    let mut e = engine(256);
+    let system = e
+        .tokenizer
+        .encode("System: You are a helpful", true, true)
+        .unwrap();
+    let prompt = |user: &str| {
+        let mut p = system.clone();
+        p.extend(e.tokenizer.encode(user, false, true).unwrap());
+        p
+    };
+    let (a, b) = (prompt(" assistant. Hi"), prompt(" friend. Tell me"));
+    let mut sampled = greedy(12);
+    sampled.sampler.temperature = 0.8;
+    sampled.sampler.seed = 7;
+    sampled.sampler.repeat_penalty = 1.3;
+    for params in [greedy(12), sampled] {
+        let mut fresh = engine(256);
+        let want_a = run_with(&mut fresh, &a, &params, false);
+        let want_b = run_with(&mut fresh, &b, &params, false);
+        let got_a = run_with(&mut e, &a, &params, true);
+        let got_b = run_with(&mut e, &b, &params, true);
+        let again_b = run_with(&mut e, &b, &params, true);
+        assert_eq!(got_a.0, want_a.0);
+        assert_eq!(got_b.0, want_b.0);
+        assert_eq!(got_b.1, want_b.1);
+        assert_eq!(again_b.0, want_b.0);
+        // The system prompt's state was reused, and the whole prompt the second time.
+        assert!(got_b.2 >= system.len(), "{} reused", got_b.2);
+        // All but the last two: a one-token batch would round differently.
+        assert_eq!(again_b.2, b.len() - 2);
+    }
+}

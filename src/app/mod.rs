@@ -1,8 +1,10 @@
 //! The command-line commands, one module each; `main.rs` only parses and dispatches.
 
+pub mod ask;
 pub mod common;
 pub mod gen_dummy;
 pub mod info;
 pub mod perplexity;
 pub mod run;
+pub mod serve;
 pub mod tokenize;

@@ -1,0 +1,143 @@
+//! The daemon: transports (tokio, I/O only) feeding one engine thread through a bounded queue.
+//!
+//! ```text
+//! socket handler ─┐                                 ┌─> job's event channel ─> its transport
+//! (mqtt, later) ──┴─> Queue (bounded, FCFS) ─> engine thread (std::thread, owns the model)
+//! ```
+//!
+//! Boot order: the caller has loaded and validated the model; here the engine thread starts,
+//! the socket is bound, and only then systemd hears READY=1. Shutdown (SIGTERM/SIGINT): stop
+//! accepting, cancel running and queued work (each gets a final `cancelled` event), wait for
+//! every connection to drain (at most [`DRAIN_TIMEOUT`]), remove the socket file.
+
+pub mod protocol;
+pub mod queue;
+pub mod shutdown;
+pub mod socket;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use sd_notify::NotifyState;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use crate::config::Config;
+use queue::Stats;
+use worker::Worker;
+
+/// How long shutdown waits for connections to receive their last events (systemd's stop
+/// timeout is longer; the issue asks for an exit within 5 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// What `status` reports about the loaded model.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// The model's file name.
+    pub model: String,
+    /// The compute kernel in use.
+    pub kernel: String,
+    pub threads: usize,
+    /// Context size in tokens.
+    pub n_ctx: usize,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `worker` holds the loaded model.
+pub fn run(config: Config, info: ServerInfo, worker: Worker) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let stats = worker.stats.clone();
+    let (queue, queue_rx) = queue::queue(config.limits.queue_depth, stats.clone());
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || worker.run(queue_rx))
+        .context("starting the engine thread")?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    runtime.block_on(async move {
+        let listener = socket::bind(&config)?;
+        let (notify_shutdown, _) = broadcast::channel(1);
+        let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
+        let mut server = socket::Listener {
+            listener,
+            queue,
+            config: config.clone(),
+            info: Arc::new(info.clone()),
+            limit_connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            notify_shutdown,
+            shutdown_complete_tx,
+        };
+        let status = format!(
+            "serving {} on {} ({} threads, {} kernel, queue {})",
+            info.model,
+            config.socket.path.display(),
+            info.threads,
+            info.kernel,
+            config.limits.queue_depth
+        );
+        log::info!("{status}");
+        if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+            log::warn!("sd_notify: {e}");
+        }
+        let watchdog =
+            sd_notify::watchdog_enabled().map(|p| tokio::spawn(watchdog(p, stats.clone())));
+
+        tokio::select! {
+            result = server.run() => {
+                if let Err(e) = result {
+                    log::error!("accepting connections: {e}");
+                }
+            }
+            signal = shutdown::signal() => match signal {
+                Ok(name) => log::info!("{name}: shutting down"),
+                Err(e) => log::error!("waiting for signals: {e}"),
+            },
+        }
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+        stats.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        let socket::Listener {
+            listener,
+            notify_shutdown,
+            shutdown_complete_tx,
+            queue,
+            ..
+        } = server;
+        drop(listener);
+        drop(notify_shutdown);
+        drop(shutdown_complete_tx);
+        drop(queue);
+        if tokio::time::timeout(DRAIN_TIMEOUT, shutdown_complete_rx.recv())
+            .await
+            .is_err()
+        {
+            log::warn!("some clients did not take their last events in time");
+        }
+        socket::remove(&config.socket.path);
+        log::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Pings the systemd watchdog, but only while the engine makes progress (a token, or an
+/// idle wait on the queue): a stuck engine stops the pings and systemd restarts the daemon.
+async fn watchdog(period: Duration, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(period / 4);
+    loop {
+        tick.tick().await;
+        if stats.since_heartbeat() < period / 2 {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        } else {
+            log::warn!(
+                "the engine has made no progress for {:.1} s",
+                stats.since_heartbeat().as_secs_f64()
+            );
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The Unix socket transport: JSON lines in, JSON lines out.
+//!
+//! Shaped like mini-redis's server: a [`Listener`] accepts under a semaphore (backpressure on
+//! the number of connections) and spawns one [`Handler`] per connection. A handler reads lines
+//! until EOF or shutdown; its writer task sends every event of the connection's requests.
+//! A failed write means the client is gone: its requests are cancelled within one token.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use super::ServerInfo;
+use super::protocol::{self, Command, ErrorCode, Event, Incoming, Status};
+use super::queue::{CancelToken, Job, Queue, SubmitError};
+use super::shutdown::Shutdown;
+use crate::config::Config;
+
+/// The accept loop's state.
+pub struct Listener {
+    /// The bound socket.
+    pub listener: UnixListener,
+    /// Where requests go.
+    pub queue: Queue,
+    /// Limits, defaults and the system prompt for parsing requests.
+    pub config: Arc<Config>,
+    /// What `status` reports about the model.
+    pub info: Arc<ServerInfo>,
+    /// One permit per open connection: at `max_connections`, accepting waits.
+    pub limit_connections: Arc<Semaphore>,
+    /// Dropped at shutdown: every handler's [`Shutdown`] then fires.
+    pub notify_shutdown: broadcast::Sender<()>,
+    /// Cloned into each handler; the server knows all handlers are done when every clone
+    /// is dropped and its receiver returns `None`.
+    pub shutdown_complete_tx: mpsc::Sender<()>,
+}
+
+/// One client connection.
+struct Handler {
+    /// Lines from the client.
+    reader: BufReader<OwnedReadHalf>,
+    /// Where this connection's events go; the writer task writes them in order.
+    out: mpsc::UnboundedSender<Event>,
+    /// This connection's requests still running or queued, by id: for `cancel`, and to
+    /// cancel them all when the client goes away.
+    in_flight: InFlight,
+    queue: Queue,
+    config: Arc<Config>,
+    info: Arc<ServerInfo>,
+    shutdown: Shutdown,
+    /// Held until the handler is done (see [`Listener::shutdown_complete_tx`]).
+    _shutdown_complete: mpsc::Sender<()>,
+}
+
+type InFlight = Arc<Mutex<HashMap<String, CancelToken>>>;
+
+/// One read from the client.
+enum Line {
+    /// A complete line is in the buffer.
+    Data,
+    /// The line was longer than the limit and was skipped.
+    TooLong,
+    /// The client closed its side.
+    Eof,
+}
+
+impl Listener {
+    /// Accepts connections until an accept fails for good.
+    pub async fn run(&mut self) -> io::Result<()> {
+        loop {
+            let permit = self
+                .limit_connections
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let stream = self.accept().await?;
+            let (read, write) = stream.into_split();
+            let (out, out_rx) = mpsc::unbounded_channel();
+            let in_flight = InFlight::default();
+            let writer = tokio::spawn(write_events(write, out_rx, in_flight.clone()));
+            let mut handler = Handler {
+                reader: BufReader::new(read),
+                out,
+                in_flight,
+                queue: self.queue.clone(),
+                config: self.config.clone(),
+                info: self.info.clone(),
+                shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
+                _shutdown_complete: self.shutdown_complete_tx.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = handler.run().await {
+                    log::debug!("connection: {e}");
+                }
+                // The writer ends once every request of the connection has sent its last event.
+                drop(handler.out);
+                let _ = writer.await;
+                drop(handler._shutdown_complete);
+                drop(permit);
+            });
+        }
+    }
+
+    /// Accepts with a short back-off on errors such as running out of descriptors.
+    async fn accept(&mut self) -> io::Result<UnixStream> {
+        let mut backoff = 1;
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => return Ok(stream),
+                Err(e) if backoff > 64 => return Err(e),
+                Err(e) => log::warn!("accept: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(backoff * 10)).await;
+            backoff *= 2;
+        }
+    }
+}
+
+impl Handler {
+    async fn run(&mut self) -> io::Result<()> {
+        let max = self.config.limits.max_line_bytes;
+        let mut buf = Vec::new();
+        while !self.shutdown.is_shutdown() {
+            let line = tokio::select! {
+                line = read_line(&mut self.reader, &mut buf, max) => line?,
+                _ = self.shutdown.recv() => return Ok(()),
+            };
+            match line {
+                Line::Eof => return Ok(()),
+                Line::TooLong => {
+                    let msg = format!("the line is longer than {max} bytes");
+                    self.send(Event::error(None, ErrorCode::TooLong, msg));
+                }
+                Line::Data => {
+                    let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
+                    if !line.iter().all(u8::is_ascii_whitespace) {
+                        let line = line.to_vec();
+                        self.handle(&line);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, event: Event) {
+        let _ = self.out.send(event);
+    }
+
+    fn handle(&mut self, line: &[u8]) {
+        let incoming = match protocol::parse_line(line, &self.config) {
+            Ok(i) => i,
+            Err(rejection) => return self.send(rejection.event()),
+        };
+        match incoming {
+            Incoming::Generate(request) => self.submit(*request),
+            Incoming::Cancel(id) => {
+                let token = self.in_flight.lock().unwrap().get(&id).cloned();
+                match token {
+                    Some(t) => t.cancel(),
+                    None => self.send(Event::error(
+                        Some(id.clone()),
+                        ErrorCode::BadRequest,
+                        format!("no request {id:?} is in flight on this connection"),
+                    )),
+                }
+            }
+            Incoming::Command(Command::Status, id) => {
+                let status = self.status();
+                self.send(Event::Status { id, status });
+            }
+            Incoming::Command(Command::Health, id) => {
+                let stats = self.queue.stats();
+                let health = if stats.since_heartbeat() < Duration::from_secs(30) {
+                    "ok"
+                } else {
+                    "stalled"
+                };
+                self.send(Event::Health { id, health });
+            }
+        }
+    }
+
+    fn submit(&mut self, request: protocol::GenRequest) {
+        let id = request.id.clone();
+        if self.in_flight.lock().unwrap().contains_key(&id) {
+            let msg = format!("a request {id:?} is already in flight on this connection");
+            return self.send(Event::error(Some(id), ErrorCode::BadRequest, msg));
+        }
+        let (events, mut events_rx) = mpsc::unbounded_channel();
+        let cancel = CancelToken::default();
+        let job = Job {
+            request,
+            transport: "socket",
+            events,
+            cancel: cancel.clone(),
+            arrived: Instant::now(),
+        };
+        self.in_flight.lock().unwrap().insert(id.clone(), cancel);
+        match self.queue.submit(job) {
+            Ok(()) => {}
+            Err(e) => {
+                self.in_flight.lock().unwrap().remove(&id);
+                let (code, msg) = match e {
+                    SubmitError::Full(_) => (ErrorCode::Busy, "the queue is full; try again later"),
+                    SubmitError::Closed(_) => (ErrorCode::Internal, "the daemon is shutting down"),
+                };
+                return self.send(Event::error(Some(id), code, msg));
+            }
+        }
+        // Forwards the job's events into the connection's stream; ends when the engine
+        // drops the job (its last event sent) or when the writer is gone.
+        let out = self.out.clone();
+        let in_flight = self.in_flight.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                if out.send(event).is_err() {
+                    break;
+                }
+            }
+            in_flight.lock().unwrap().remove(&id);
+        });
+    }
+
+    fn status(&self) -> Status {
+        let stats = self.queue.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        Status {
+            model: self.info.model.clone(),
+            kernel: self.info.kernel.clone(),
+            threads: self.info.threads,
+            n_ctx: self.info.n_ctx,
+            queue_depth: stats.waiting.load(Relaxed),
+            queue_capacity: self.queue.capacity(),
+            busy: stats.busy.load(Relaxed),
+            requests: stats.requests.load(Relaxed),
+            tokens_per_s: stats.tokens_per_s(),
+            uptime_s: stats.started.elapsed().as_secs(),
+        }
+    }
+}
+
+/// Writes a connection's events until every sender is gone. If the client has gone away,
+/// its requests are cancelled and the channel is closed, which the engine also notices.
+async fn write_events(
+    write: OwnedWriteHalf,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    in_flight: InFlight,
+) {
+    let mut write = BufWriter::new(write);
+    while let Some(event) = events.recv().await {
+        let result = async {
+            write.write_all(&event.to_line()).await?;
+            write.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            log::debug!("client gone ({e}): cancelling its requests");
+            for token in in_flight.lock().unwrap().values() {
+                token.cancel();
+            }
+            return;
+        }
+    }
+}
+
+/// Reads one line of at most `max` bytes into `buf` (without the newline). A longer line is
+/// read to its end and dropped; a last line without newline counts as a line.
+async fn read_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(match (too_long, buf.is_empty()) {
+                (true, _) => Line::TooLong,
+                (false, true) => Line::Eof,
+                (false, false) => Line::Data,
+            });
+        }
+        let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, Some(i + 1)),
+            None => (chunk.len(), None),
+        };
+        if !too_long && buf.len() + take <= max {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        reader.consume(end.unwrap_or(take));
+        if end.is_some() {
+            return Ok(if too_long { Line::TooLong } else { Line::Data });
+        }
+    }
+}
+
+/// Binds the socket: an old socket file is replaced unless a daemon still answers on it;
+/// then the file gets its configured mode and group.
+pub fn bind(config: &Config) -> anyhow::Result<UnixListener> {
+    use anyhow::{Context, bail};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = &config.socket.path;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: set socket.path elsewhere",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another daemon is listening on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| {
+        format!(
+            "binding {} (does its directory exist and is it writable?)",
+            path.display()
+        )
+    })?;
+    let mode = config.socket_mode().expect("validated");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    let group = &config.socket.group;
+    if !group.is_empty() {
+        let gid = group_id(group, Path::new("/etc/group"))
+            .with_context(|| format!("socket.group = {group:?}"))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {group}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// A group's id, from a group file (`name:x:gid:members`).
+fn group_id(name: &str, group_file: &Path) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(group_file)?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let gid = f.nth(1)?.parse().ok()?;
+            (n == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no group {name:?} in {}", group_file.display()))
+}
+
+/// Removes the socket file at exit.
+pub fn remove(path: &PathBuf) {
+    if let Err(e) = std::fs::remove_file(path) {
+        log::warn!("removing {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_come_from_the_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("group");
+        std::fs::write(&f, "root:x:0:\nbitnetd:x:998:pi,ops\n").unwrap();
+        assert_eq!(group_id("bitnetd", &f).unwrap(), 998);
+        assert!(group_id("nobody", &f).is_err());
+    }
+}

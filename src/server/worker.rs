@@ -1,0 +1,301 @@
+//! The engine thread: the only owner of the model. It takes jobs from the queue one at a
+//! time, renders and tokenizes them, generates, and sends each job's events down the job's
+//! channel. Tokio never runs this code, so a long generation never stalls the I/O.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::chat::ChatTemplate;
+use crate::engine::{Engine, FinishReason, GenParams, Step};
+
+use super::protocol::{Done, ErrorCode, Event, Timings, Usage};
+use super::queue::{Job, QueueReceiver, Stats};
+
+/// How often the idle engine wakes to show the watchdog it is alive.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Everything the engine thread owns.
+pub struct Worker {
+    /// The model, its tokenizer and the KV cache reused between requests.
+    pub engine: Engine,
+    /// Renders `messages` into the prompt text the model was trained on.
+    pub template: ChatTemplate,
+    /// Longest prompt accepted, in tokens (already capped below the context).
+    pub max_prompt_tokens: usize,
+    /// Requests older than this are cancelled (None: never).
+    pub timeout: Option<Duration>,
+    /// Counters for `status` and the watchdog heartbeat.
+    pub stats: Arc<Stats>,
+}
+
+impl Worker {
+    /// Serves jobs until every queue sender is gone.
+    pub fn run(mut self, queue: QueueReceiver) {
+        self.stats.beat();
+        loop {
+            match queue.next(IDLE_TICK) {
+                Ok(job) => {
+                    self.stats.busy.store(true, Ordering::Relaxed);
+                    self.serve(job);
+                    self.stats.busy.store(false, Ordering::Relaxed);
+                    self.stats.beat();
+                }
+                Err(false) => self.stats.beat(),
+                Err(true) => break,
+            }
+        }
+        log::debug!("engine thread done");
+    }
+
+    fn serve(&mut self, job: Job) {
+        let started = Instant::now();
+        let id = job.request.id.clone();
+        let send = |event: Event| {
+            // A closed channel means the client went away; the cancel flag says the same.
+            let _ = job.events.send(event);
+        };
+        let timeout = self.timeout;
+        let stopped = |stats: &Stats| {
+            job.cancel.is_cancelled()
+                || job.events.is_closed()
+                || stats.shutting_down.load(Ordering::Relaxed)
+                || timeout.is_some_and(|t| job.arrived.elapsed() > t)
+        };
+        if stopped(&self.stats) {
+            send(Event::Done(Box::new(Done {
+                id: id.clone(),
+                done: true,
+                text: String::new(),
+                finish_reason: "cancelled",
+                usage: Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                },
+                timings: Timings {
+                    queue_ms: ms(started - job.arrived),
+                    ttft_ms: 0.0,
+                    tokens_per_s: 0.0,
+                },
+            })));
+            log::info!(
+                "request {id} via {}: cancelled before it started",
+                job.transport
+            );
+            return;
+        }
+        let text = self.template.render(&job.request.messages, true);
+        let tokens = match self.engine.tokenizer.encode(&text, true, true) {
+            Ok(t) => t,
+            Err(e) => {
+                send(Event::error(Some(id), ErrorCode::Internal, e.to_string()));
+                return;
+            }
+        };
+        if tokens.len() > self.max_prompt_tokens {
+            let message = format!(
+                "the prompt has {} tokens; the limit is {}",
+                tokens.len(),
+                self.max_prompt_tokens
+            );
+            send(Event::error(Some(id), ErrorCode::TooLong, message));
+            return;
+        }
+        let params = GenParams {
+            max_tokens: job.request.max_tokens,
+            sampler: job.request.sampler,
+            ignore_eos: false,
+        };
+        let mut stops = StopFilter::new(&job.request.stop);
+        let mut first_token: Option<Instant> = None;
+        let mut hit_stop = false;
+        let mut was_stopped = false;
+        let stats = self.stats.clone();
+        let stream = job.request.stream;
+        let on_step = |step: Step| {
+            if hit_stop || was_stopped {
+                // The engine's last call, with the bytes of an unfinished character.
+                return ControlFlow::Break(());
+            }
+            first_token.get_or_insert_with(Instant::now);
+            stats.beat();
+            let (out, found) = stops.push(step.text);
+            if stream && !out.is_empty() {
+                send(Event::Token {
+                    id: id.clone(),
+                    token: out,
+                });
+            }
+            if found {
+                hit_stop = true;
+                return ControlFlow::Break(());
+            }
+            if stopped(&stats) {
+                was_stopped = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        };
+        let outcome = match self.engine.generate_reusing(&tokens, &params, on_step) {
+            Ok(o) => o,
+            Err(e) => {
+                self.engine.reset();
+                send(Event::error(Some(id), ErrorCode::Internal, e.to_string()));
+                return;
+            }
+        };
+        let (tail, _) = stops.finish();
+        if stream && !tail.is_empty() && !hit_stop {
+            send(Event::Token {
+                id: id.clone(),
+                token: tail,
+            });
+        }
+        let finish_reason = match outcome.finish {
+            _ if hit_stop => "stop",
+            FinishReason::Stop => "stop",
+            FinishReason::Length | FinishReason::ContextFull => "length",
+            FinishReason::Cancelled => "cancelled",
+        };
+        let n = outcome.tokens.len();
+        let tokens_per_s = if n > 1 {
+            (n - 1) as f64 / outcome.gen_time.as_secs_f64().max(1e-9)
+        } else {
+            0.0
+        };
+        let ttft = first_token.map_or(Duration::ZERO, |t| t - job.arrived);
+        let done = Done {
+            id: id.clone(),
+            done: true,
+            text: stops.text,
+            finish_reason,
+            usage: Usage {
+                prompt_tokens: outcome.prompt_tokens,
+                completion_tokens: n,
+            },
+            timings: Timings {
+                queue_ms: ms(started - job.arrived),
+                ttft_ms: ms(ttft),
+                tokens_per_s,
+            },
+        };
+        log::info!(
+            "request {id} via {}: {} prompt tokens ({} reused), {n} completion tokens, \
+             ttft {:.0} ms, {tokens_per_s:.1} tokens/s, finish {finish_reason}",
+            job.transport,
+            outcome.prompt_tokens,
+            outcome.reused_tokens,
+            done.timings.ttft_ms,
+        );
+        // Counted first, so that a client that has its answer sees it in `status`.
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_tokens_per_s
+            .store(tokens_per_s.to_bits(), Ordering::Relaxed);
+        send(Event::Done(Box::new(done)));
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Holds back generated text that may be the start of a stop string, so that no part of a
+/// stop string is ever streamed; cuts the text at the first complete one.
+struct StopFilter<'a> {
+    stops: &'a [String],
+    /// The text so far, up to any stop string.
+    text: String,
+    /// How much of `text` has been handed out.
+    sent: usize,
+}
+
+impl<'a> StopFilter<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        StopFilter {
+            stops,
+            text: String::new(),
+            sent: 0,
+        }
+    }
+
+    /// Adds a piece; returns the text that is now safe to send, and whether a stop string
+    /// was found (the text then ends before it).
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        // A stop string may start in text already held back, never in text already sent.
+        let found = self
+            .stops
+            .iter()
+            .filter_map(|s| {
+                self.text[self.sent..]
+                    .find(s.as_str())
+                    .map(|i| self.sent + i)
+            })
+            .min();
+        if let Some(at) = found {
+            self.text.truncate(at);
+            return (self.take(at), true);
+        }
+        let held = self
+            .stops
+            .iter()
+            .map(|s| longest_suffix_prefix(&self.text[self.sent..], s))
+            .max()
+            .unwrap_or(0);
+        let upto = self.text.len() - held;
+        (self.take(upto), false)
+    }
+
+    fn finish(&mut self) -> (String, bool) {
+        let end = self.text.len();
+        (self.take(end), false)
+    }
+
+    fn take(&mut self, upto: usize) -> String {
+        let out = self.text[self.sent..upto].to_owned();
+        self.sent = upto;
+        out
+    }
+}
+
+/// The length of the longest suffix of `text` that is a proper prefix of `stop`, on
+/// character boundaries.
+fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n)
+                && stop.is_char_boundary(n)
+                && text.ends_with(&stop[..n])
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_never_streamed() {
+        let stops = vec!["\n\n".to_string(), "END".to_string()];
+        let mut f = StopFilter::new(&stops);
+        assert_eq!(f.push("Hello"), ("Hello".into(), false));
+        assert_eq!(f.push(" wor\n"), (" wor".into(), false));
+        assert_eq!(f.push("ld"), ("\nld".into(), false));
+        assert_eq!(f.push(" E"), (" ".into(), false));
+        assert_eq!(f.push("N"), ("".into(), false));
+        assert_eq!(f.push("Dx"), ("".into(), true));
+        assert_eq!(f.text, "Hello wor\nld ");
+    }
+
+    #[test]
+    fn held_text_comes_out_at_the_end() {
+        let stops = vec!["abc".to_string()];
+        let mut f = StopFilter::new(&stops);
+        assert_eq!(f.push("xab"), ("x".into(), false));
+        assert_eq!(f.finish(), ("ab".into(), false));
+        assert_eq!(f.text, "xab");
+    }
+}
