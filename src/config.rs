@@ -40,7 +40,7 @@ pub struct Config {
     pub model: Option<PathBuf>,
     /// Compute threads.
     pub threads: usize,
-    /// Compute kernel: "auto" or "scalar" (the only one this build has).
+    /// Ternary kernel: "auto", "scalar", "tl1" or "i2s".
     pub kernel: String,
     /// Context size in tokens (prompt plus reply); 0 takes the model's trained context.
     pub ctx_size: usize,
@@ -204,10 +204,10 @@ impl Config {
             "it must be between 1 and 256",
         )?;
         check(
-            matches!(self.kernel.as_str(), "auto" | "scalar"),
+            matches!(self.kernel.as_str(), "auto" | "scalar" | "tl1" | "i2s"),
             "kernel",
             &self.kernel,
-            "it must be \"auto\" or \"scalar\"",
+            "it must be \"auto\", \"scalar\", \"tl1\" or \"i2s\"",
         )?;
         let s = &self.socket;
         check(

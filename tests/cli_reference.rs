@@ -26,7 +26,7 @@ fn bitnetd(args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
-fn greedy_run(model: &str, prompt: &str) -> Vec<u8> {
+fn greedy_run(model: &str, prompt: &str, kernel: &str) -> Vec<u8> {
     let model = reference(model);
     let args = [
         "run",
@@ -39,7 +39,24 @@ fn greedy_run(model: &str, prompt: &str) -> Vec<u8> {
         "--temp",
         "0",
     ];
-    bitnetd(&[&args[..], &["--ignore-eos"]].concat(), b"").stdout
+    bitnetd(
+        &[&args[..], &["--ignore-eos", "--kernel", kernel]].concat(),
+        b"",
+    )
+    .stdout
+}
+
+/// Every kernel this CPU has: parity must hold whichever one runs.
+fn kernels() -> Vec<&'static str> {
+    use bitnet_kernels::dispatch::{Kernel, KernelChoice};
+    let i2s = Kernel::select(KernelChoice::I2s);
+    if i2s.is_err() {
+        eprintln!("SKIPPED --kernel i2s: this CPU has no SIMD I2_S kernel");
+    }
+    ["scalar", "tl1", "i2s"]
+        .into_iter()
+        .filter(|&k| k != "i2s" || i2s.is_ok())
+        .collect()
 }
 
 #[test]
@@ -51,11 +68,14 @@ fn run_prints_what_llama_cli_printed_tiny() {
     ];
     for (k, prompt) in prompts.iter().enumerate() {
         let want = std::fs::read(reference(&format!("tiny_p{k}.cli.txt"))).unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&greedy_run("tiny-i2_s.gguf", prompt)),
-            String::from_utf8_lossy(&want),
-            "tiny_p{k}"
-        );
+        for kernel in kernels() {
+            let got = greedy_run("tiny-i2_s.gguf", prompt, kernel);
+            let (got, want) = (
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+            );
+            assert_eq!(got, want, "tiny_p{k} with --kernel {kernel}");
+        }
     }
 }
 
@@ -65,12 +85,14 @@ fn run_prints_what_llama_cli_printed_l3tiny() {
         let prompt =
             std::fs::read_to_string(reference(&format!("l3tiny_r{k}.prompt.txt"))).unwrap();
         let want = std::fs::read(reference(&format!("l3tiny_r{k}.cli.txt"))).unwrap();
-        let got = greedy_run("l3tiny-i2_s.gguf", &prompt);
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(&want),
-            "l3tiny_r{k}"
-        );
+        for kernel in kernels() {
+            let got = greedy_run("l3tiny-i2_s.gguf", &prompt, kernel);
+            let (got, want) = (
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+            );
+            assert_eq!(got, want, "l3tiny_r{k} with --kernel {kernel}");
+        }
     }
 }
 

@@ -103,15 +103,46 @@ impl Kernel {
         }
     }
 
-    /// The weights in this kernel's layout.
-    pub fn prepare<'a>(self, w: I2sMatrix<'a>) -> Packed<'a> {
-        match self.layout() {
-            Layout::I2s => Packed::I2s(w),
-            Layout::Tl1 => Packed::Tl1(tl1_pack(&w)),
-        }
+    /// Runs this kernel against the scalar reference on a small random problem: a
+    /// kernel that disagrees (a miscompiled or mis-detected path) must never run.
+    pub fn self_test(self) -> bool {
+        let (rows, cols, tokens) = (37, 384, 3);
+        let mut x = 0x9e37_79b9_u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let codes = crate::layout::encode_i2s(&w).expect("ternary");
+        let m = I2sMatrix {
+            codes: &codes,
+            rows,
+            cols,
+            scale: 0.75,
+        };
+        let xs: Vec<f32> = (0..tokens * cols)
+            .map(|_| next() as f32 / u32::MAX as f32 - 0.5)
+            .collect();
+        let (mut want_acts, mut acts) = (QuantizedActs::new(), QuantizedActs::new());
+        scalar::quantize_acts(&xs, cols, &mut want_acts);
+        self.quantize(&xs, cols, &mut acts);
+        let mut want = vec![0f32; tokens * rows];
+        scalar::i2s_matmul(&m, &want_acts, &mut OutRows::all(&mut want, tokens, rows));
+        let tl1 = (self.layout() == Layout::Tl1).then(|| tl1_pack(&m));
+        let packed = match &tl1 {
+            Some(t) => Packed::Tl1(t),
+            None => Packed::I2s(m),
+        };
+        let mut got = vec![f32::NAN; tokens * rows];
+        self.matmul(&packed, &acts, &mut OutRows::all(&mut got, tokens, rows));
+        got.iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
     }
 
-    /// `out[t][r] = W[r] · x[t]` for `rows`; `w` must come from [`Kernel::prepare`].
+    /// `out[t][r] = W[r] · x[t]` for the rows of `out`, with `w` in this kernel's layout.
     pub fn matmul(self, w: &Packed, acts: &QuantizedActs, out: &mut OutRows) {
         match (self, w) {
             (Kernel::Scalar, Packed::I2s(w)) => scalar::i2s_matmul(w, acts, out),
@@ -161,10 +192,10 @@ impl Kernel {
     }
 }
 
-/// Weights in a kernel's layout: borrowed from the file for I2_S, owned for TL1.
+/// Weights in a kernel's layout: I2_S straight from the file, or repacked TL1.
 pub enum Packed<'a> {
     I2s(I2sMatrix<'a>),
-    Tl1(Tl1Matrix),
+    Tl1(&'a Tl1Matrix),
 }
 
 fn best_tl1() -> Kernel {
@@ -212,6 +243,15 @@ mod tests {
     }
 
     #[test]
+    fn every_available_kernel_passes_its_self_test() {
+        for choice in [KernelChoice::Scalar, KernelChoice::Tl1, KernelChoice::I2s] {
+            if let Ok(kernel) = Kernel::select(choice) {
+                assert!(kernel.self_test(), "{}", kernel.name());
+            }
+        }
+    }
+
+    #[test]
     fn every_kernel_agrees_with_scalar_through_dispatch() {
         let (rows, cols) = (37, 256);
         let w: Vec<i8> = (0..rows * cols)
@@ -238,7 +278,11 @@ mod tests {
             let mut acts = QuantizedActs::new();
             kernel.quantize(&x, cols, &mut acts);
             let mut got = vec![0f32; 3 * rows];
-            let packed = kernel.prepare(m);
+            let tl1 = tl1_pack(&m);
+            let packed = match kernel.layout() {
+                Layout::Tl1 => Packed::Tl1(&tl1),
+                Layout::I2s => Packed::I2s(m),
+            };
             kernel.matmul(&packed, &acts, &mut OutRows::all(&mut got, 3, rows));
             assert_eq!(got, want, "{}", kernel.name());
         }

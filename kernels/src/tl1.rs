@@ -29,7 +29,7 @@ pub const TL1_LUT_PAIR_BYTES: usize = 32;
 const ZERO_PAIR: u8 = 4;
 
 /// A ternary matrix repacked into the TL1 layout (see the module docs).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Tl1Matrix {
     bytes: Vec<u8>,
     rows: usize,

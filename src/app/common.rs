@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow, bail};
+use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -27,6 +28,29 @@ pub fn load(path: &Path, pretokenizer: Option<&str>) -> anyhow::Result<Loaded> {
         tokenizer,
         load_time: start.elapsed(),
     })
+}
+
+/// The kernel named by `--kernel auto|scalar|tl1|i2s`, checked against the scalar
+/// reference on this CPU before anything runs on it.
+pub fn select_kernel(name: &str) -> anyhow::Result<Kernel> {
+    let choice = KernelChoice::from_name(name)
+        .ok_or_else(|| anyhow!("kernel {name:?}: expected auto, scalar, tl1 or i2s"))?;
+    let kernel = Kernel::select(choice)?;
+    if !kernel.self_test() {
+        if choice != KernelChoice::Auto {
+            bail!(
+                "kernel {} disagrees with the scalar reference on this CPU",
+                kernel.name()
+            );
+        }
+        log::error!(
+            "kernel {} disagrees with the scalar reference on this CPU; using scalar",
+            kernel.name()
+        );
+        return Ok(Kernel::Scalar);
+    }
+    log::info!("kernel: {}", kernel.name());
+    Ok(kernel)
 }
 
 /// The model named with -m, or the demo model (random weights) made on first use.

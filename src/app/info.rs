@@ -67,7 +67,10 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         tokenizer.eot(),
         tokenizer.add_bos()
     );
-    println!("kernel:        scalar (reference)");
+    match super::common::select_kernel("auto") {
+        Ok(kernel) => println!("kernel:        {} (auto on this CPU)", kernel.name()),
+        Err(e) => println!("kernel:        none usable: {e}"),
+    }
     println!("validation:    ok");
     Ok(())
 }

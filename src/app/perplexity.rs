@@ -25,6 +25,12 @@ pub struct PerplexityArgs {
     pub chunks: Option<usize>,
     #[arg(long, value_name = "NAME")]
     pub pretokenizer: Option<String>,
+    /// Compute threads.
+    #[arg(short = 't', long = "threads", default_value_t = 2)]
+    pub threads: usize,
+    /// Ternary kernel: auto, scalar, tl1 or i2s.
+    #[arg(long, default_value = "auto")]
+    pub kernel: String,
 }
 
 /// The result of scoring a text.
@@ -39,7 +45,13 @@ pub struct Perplexity {
 
 pub fn run(args: &PerplexityArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
-    let loaded = common::load(&path, args.pretokenizer.as_deref())?;
+    let mut loaded = common::load(&path, args.pretokenizer.as_deref())?;
+    loaded
+        .model
+        .set_pool(crate::compute::Pool::new(args.threads, None)?);
+    loaded
+        .model
+        .set_kernel(common::select_kernel(&args.kernel)?);
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let tokens = loaded.tokenizer.encode(&text, true, false)?;

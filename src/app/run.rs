@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// Compute threads.
     #[arg(short = 't', long = "threads", default_value_t = 2)]
     pub threads: usize,
+    /// Ternary kernel: auto, scalar, tl1 or i2s.
+    #[arg(long, default_value = "auto")]
+    pub kernel: String,
     /// Pin the compute threads to these cores (e.g. 2,3); thread i takes the i-th.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
@@ -79,6 +82,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     loaded
         .model
         .set_pool(Pool::new(args.threads, args.cores.as_deref())?);
+    loaded
+        .model
+        .set_kernel(common::select_kernel(&args.kernel)?);
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match args.ctx_size {
         0 => n_ctx_train,

@@ -56,18 +56,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let Some(path) = config.model.clone() else {
         bail!("no model: set `model` in the config file or give -m PATH");
     };
-    let loaded = common::load(&path, None)?;
+    let mut loaded = common::load(&path, None)?;
     log::info!(
         "loaded {} in {:.0} ms",
         path.display(),
         loaded.load_time.as_secs_f64() * 1e3
     );
-    if config.threads != 1 {
-        log::info!(
-            "threads = {}: this build computes on one thread",
-            config.threads
-        );
-    }
+    let kernel = common::select_kernel(&config.kernel)?;
+    loaded.model.set_kernel(kernel);
+    loaded
+        .model
+        .set_pool(crate::compute::Pool::new(config.threads, None)?);
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match config.ctx_size {
         0 => n_ctx_train,
@@ -80,7 +79,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             || path.display().to_string(),
             |n| n.to_string_lossy().into(),
         ),
-        kernel: "scalar".into(),
+        kernel: kernel.name().into(),
         threads: config.threads,
         n_ctx,
     };

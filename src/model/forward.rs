@@ -11,7 +11,8 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, RowsOut, scalar};
+use bitnet_kernels::dispatch::Kernel;
+use bitnet_kernels::{OutRows, QuantizedActs, RowsOut, scalar};
 use half::f16;
 
 use super::hparams::{Arch, HParams};
@@ -19,9 +20,6 @@ use super::weights::{Embedding, Ternary};
 use super::{Model, ModelError};
 use crate::compute::Pool;
 use crate::gguf::GgmlType;
-
-/// The ternary matrix kernel: the one place where a faster kernel is plugged in.
-const I2S_MATMUL: fn(&I2sMatrix, &QuantizedActs, &mut OutRows) = scalar::i2s_matmul;
 
 /// Row blocks per thread: several, so that a thread slowed by other work takes fewer.
 const BLOCKS_PER_THREAD: usize = 8;
@@ -169,7 +167,7 @@ impl Model {
                 n_vocab: hp.n_vocab,
             });
         }
-        let (file, pool) = (self.file(), &self.pool);
+        let (file, pool, kernel) = (self.file(), &self.pool, self.kernel);
         let (n, d, dkv, ff) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff);
         let b = &mut s.buf;
         b.ensure_threads(pool.n_threads(), s.n_ctx);
@@ -182,10 +180,10 @@ impl Model {
         for (l, layer) in self.weights.layers.iter().enumerate() {
             // Attention block.
             rms_norm(&b.x, &layer.attn_norm, hp.rms_eps, &mut b.xn);
-            scalar::quantize_acts(&b.xn, d, &mut b.acts);
-            bitlinear(pool, &layer.wq, file, &b.acts, &mut b.q);
-            bitlinear(pool, &layer.wk, file, &b.acts, &mut b.k);
-            bitlinear(pool, &layer.wv, file, &b.acts, &mut b.v);
+            kernel.quantize(&b.xn, d, &mut b.acts);
+            bitlinear(pool, kernel, &layer.wq, file, &b.acts, &mut b.q);
+            bitlinear(pool, kernel, &layer.wk, file, &b.acts, &mut b.k);
+            bitlinear(pool, kernel, &layer.wv, file, &b.acts, &mut b.v);
             apply_rope(&mut b.q, hp.head_dim, &b.rope_cos, &b.rope_sin);
             apply_rope(&mut b.k, hp.head_dim, &b.rope_cos, &b.rope_sin);
             let layer_cache = l * s.n_ctx * dkv;
@@ -201,21 +199,21 @@ impl Model {
             if let Some(w) = &layer.attn_sub_norm {
                 rms_norm_in_place(&mut b.attn, w, hp.rms_eps);
             }
-            scalar::quantize_acts(&b.attn, d, &mut b.acts);
-            bitlinear(pool, &layer.wo, file, &b.acts, &mut b.proj);
+            kernel.quantize(&b.attn, d, &mut b.acts);
+            bitlinear(pool, kernel, &layer.wo, file, &b.acts, &mut b.proj);
             add(&mut b.x, &b.proj);
 
             // Feed-forward block.
             rms_norm(&b.x, &layer.ffn_norm, hp.rms_eps, &mut b.xn);
-            scalar::quantize_acts(&b.xn, d, &mut b.acts);
-            bitlinear(pool, &layer.gate, file, &b.acts, &mut b.gate);
-            bitlinear(pool, &layer.up, file, &b.acts, &mut b.up);
+            kernel.quantize(&b.xn, d, &mut b.acts);
+            bitlinear(pool, kernel, &layer.gate, file, &b.acts, &mut b.gate);
+            bitlinear(pool, kernel, &layer.up, file, &b.acts, &mut b.up);
             gated_activation(hp.arch, &mut b.gate, &b.up);
             if let Some(w) = &layer.ffn_sub_norm {
                 rms_norm_in_place(&mut b.gate, w, hp.rms_eps);
             }
-            scalar::quantize_acts(&b.gate, ff, &mut b.acts);
-            bitlinear(pool, &layer.down, file, &b.acts, &mut b.proj);
+            kernel.quantize(&b.gate, ff, &mut b.acts);
+            bitlinear(pool, kernel, &layer.down, file, &b.acts, &mut b.proj);
             add(&mut b.x, &b.proj);
         }
 
@@ -273,7 +271,7 @@ impl Model {
                 pool.run(&|thread| {
                     let row = &mut scratch(threads, thread).row;
                     while let Some(mut part) = logits.next_chunk() {
-                        scalar::f16_matmul(w, d, x16, &mut part, row);
+                        self.kernel.f16_matmul(w, d, x16, &mut part, row);
                     }
                 });
             }
@@ -317,14 +315,21 @@ impl Model {
 }
 
 /// A BitLinear layer: ternary weights times per-token int8 activations, split by rows.
-fn bitlinear(pool: &Pool, w: &Ternary, file: &[u8], acts: &QuantizedActs, out: &mut Vec<f32>) {
+fn bitlinear(
+    pool: &Pool,
+    kernel: Kernel,
+    w: &Ternary,
+    file: &[u8],
+    acts: &QuantizedActs,
+    out: &mut Vec<f32>,
+) {
     let n = acts.n_tokens();
     out.resize(n * w.rows, 0.0);
-    let m = w.view(file);
+    let m = w.packed(file);
     let parts = RowsOut::new(out, n, w.rows, row_block(pool, w.rows));
     pool.run(&|_| {
         while let Some(mut part) = parts.next_chunk() {
-            I2S_MATMUL(&m, acts, &mut part);
+            kernel.matmul(&m, acts, &mut part);
         }
     });
     if let Some(s) = w.out_scale {

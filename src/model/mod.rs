@@ -11,6 +11,9 @@ pub use forward::{Logits, Session};
 pub use hparams::{Arch, HParams};
 pub use weights::{Embedding, Layer, Ternary, Weights};
 
+use bitnet_kernels::dispatch::{Kernel, Layout};
+use bitnet_kernels::tl1::tl1_pack;
+
 use crate::compute::Pool;
 use crate::gguf::{GgmlType, Gguf, GgufError};
 
@@ -58,6 +61,8 @@ pub struct Model {
     pub weights: Weights,
     /// The threads the forward pass computes on (the caller's alone until set).
     pool: Pool,
+    /// The ternary kernel (scalar until set).
+    kernel: Kernel,
 }
 
 impl Model {
@@ -74,12 +79,29 @@ impl Model {
             hparams,
             weights,
             pool: Pool::single(),
+            kernel: Kernel::Scalar,
         })
     }
 
     /// Computes on `pool` from now on.
     pub fn set_pool(&mut self, pool: Pool) {
         self.pool = pool;
+    }
+
+    /// Computes with `kernel` from now on, repacking the weights when its layout is
+    /// not the file's.
+    pub fn set_kernel(&mut self, kernel: Kernel) {
+        let file = self.gguf.bytes();
+        for layer in &mut self.weights.layers {
+            for t in layer.ternaries_mut() {
+                t.tl1 = (kernel.layout() == Layout::Tl1).then(|| tl1_pack(&t.view(file)));
+            }
+        }
+        self.kernel = kernel;
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Threads the forward pass computes on.

@@ -4,7 +4,9 @@
 use std::ops::Range;
 
 use bitnet_kernels::I2sMatrix;
+use bitnet_kernels::dispatch::Packed;
 use bitnet_kernels::layout::I2S_BLOCK;
+use bitnet_kernels::tl1::Tl1Matrix;
 
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
 
@@ -20,9 +22,19 @@ pub struct Ternary {
     pub scale: f32,
     /// The old `bitnet` arch's optional per-tensor output multiplier.
     pub out_scale: Option<f32>,
+    /// The weights repacked for a TL1 kernel (then the file's I2_S bytes go unused).
+    pub tl1: Option<Tl1Matrix>,
 }
 
 impl Ternary {
+    /// The weights in the layout `kernel` reads.
+    pub fn packed<'a>(&'a self, file: &'a [u8]) -> Packed<'a> {
+        match &self.tl1 {
+            Some(t) => Packed::Tl1(t),
+            None => Packed::I2s(self.view(file)),
+        }
+    }
+
     pub fn view<'a>(&self, file: &'a [u8]) -> I2sMatrix<'a> {
         I2sMatrix {
             codes: &file[self.codes.clone()],
@@ -55,6 +67,22 @@ pub struct Layer {
     pub up: Ternary,
     pub ffn_sub_norm: Option<Vec<f32>>,
     pub down: Ternary,
+}
+
+impl Layer {
+    pub fn ternaries_mut(&mut self) -> [&mut Ternary; 7] {
+        let Layer {
+            wq,
+            wk,
+            wv,
+            wo,
+            gate,
+            up,
+            down,
+            ..
+        } = self;
+        [wq, wk, wv, wo, gate, up, down]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -226,5 +254,6 @@ fn ternary(
         cols: cols as usize,
         scale,
         out_scale,
+        tl1: None,
     })
 }
