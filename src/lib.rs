@@ -1,4 +1,5 @@
 pub mod app;
+pub mod bench;
 pub mod chat;
 pub mod compute;
 pub mod config;

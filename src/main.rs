@@ -22,6 +22,8 @@ enum Command {
     Info(app::info::InfoArgs),
     /// Tokenize text with a model's tokenizer (like llama-tokenize).
     Tokenize(app::tokenize::TokenizeArgs),
+    /// Prompt and generation speed in tokens/s (like llama-bench / e2e_benchmark.py).
+    Bench(app::bench::BenchArgs),
     /// Perplexity of a text file (like llama-perplexity).
     Perplexity(app::perplexity::PerplexityArgs),
     /// Write a random ternary model (like generate-dummy-bitnet-model.py).
@@ -46,6 +48,7 @@ fn main() {
         Command::Run(args) => app::run::run(args),
         Command::Info(args) => app::info::run(args),
         Command::Tokenize(args) => app::tokenize::run(args),
+        Command::Bench(args) => app::bench::run(args),
         Command::Perplexity(args) => app::perplexity::run(args),
         Command::GenDummy(args) => app::gen_dummy::run(args),
     };

@@ -1,6 +1,7 @@
 //! The command-line commands, one module each; `main.rs` only parses and dispatches.
 
 pub mod ask;
+pub mod bench;
 pub mod common;
 pub mod gen_dummy;
 pub mod info;
