@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::common;
 use crate::bench::{self, BenchConfig, TestResult};
-use crate::compute::Pool;
 use crate::model::Model;
 
 /// The buffer read to measure memory bandwidth: far beyond any cache.
@@ -28,14 +27,8 @@ pub struct BenchArgs {
     /// Generated tokens of the tg test (0 skips it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: usize,
-    #[arg(short = 't', long = "threads", default_value_t = 2)]
-    pub threads: usize,
-    /// Ternary kernel: auto, scalar, tl1 or i2s.
-    #[arg(long, default_value = "auto")]
-    pub kernel: String,
-    /// Pin the compute threads to these cores (e.g. 2,3).
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cores: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub compute: common::ComputeArgs,
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub reps: u64,
@@ -62,11 +55,10 @@ struct Report {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let pool = Pool::new(args.threads, args.cores.as_deref())?;
+    let pool = args.compute.pool()?;
     let memory_read = bench::memory_read_bandwidth(&pool, BANDWIDTH_BYTES, BANDWIDTH_TRIES);
     model.set_pool(pool);
-    let kernel = common::select_kernel(&args.kernel)?;
-    model.set_kernel(kernel);
+    model.set_kernel(common::select_kernel(&args.compute.kernel)?);
     let cfg = BenchConfig {
         n_prompt: args.n_prompt,
         n_gen: args.n_gen,
@@ -78,7 +70,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         model_size: model.gguf.file_len(),
         model_n_params: bench::n_params(&model),
         backend: "CPU",
-        n_threads: args.threads,
+        n_threads: args.compute.threads,
         bytes_per_token: bench::bytes_per_token(&model),
         memory_read_gib_s: memory_read / GIB,
         results,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 
+use crate::compute::Pool;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
@@ -28,6 +29,33 @@ pub fn load(path: &Path, pretokenizer: Option<&str>) -> anyhow::Result<Loaded> {
         tokenizer,
         load_time: start.elapsed(),
     })
+}
+
+/// How a command computes: threads, the cores they run on, the ternary kernel.
+#[derive(Debug, clap::Args)]
+pub struct ComputeArgs {
+    /// Compute threads.
+    #[arg(short = 't', long = "threads", default_value_t = 2)]
+    pub threads: usize,
+    /// Pin the compute threads to these cores (e.g. 2,3); thread i takes the i-th.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
+    /// Ternary kernel: auto, scalar, tl1 or i2s.
+    #[arg(long, default_value = "auto")]
+    pub kernel: String,
+}
+
+impl ComputeArgs {
+    pub fn pool(&self) -> anyhow::Result<Pool> {
+        Ok(Pool::new(self.threads, self.cores.as_deref())?)
+    }
+
+    /// Puts `model` on these threads with this kernel.
+    pub fn apply(&self, model: &mut Model) -> anyhow::Result<()> {
+        model.set_pool(self.pool()?);
+        model.set_kernel(select_kernel(&self.kernel)?);
+        Ok(())
+    }
 }
 
 /// The kernel named by `--kernel auto|scalar|tl1|i2s`, checked against the scalar

@@ -25,12 +25,8 @@ pub struct PerplexityArgs {
     pub chunks: Option<usize>,
     #[arg(long, value_name = "NAME")]
     pub pretokenizer: Option<String>,
-    /// Compute threads.
-    #[arg(short = 't', long = "threads", default_value_t = 2)]
-    pub threads: usize,
-    /// Ternary kernel: auto, scalar, tl1 or i2s.
-    #[arg(long, default_value = "auto")]
-    pub kernel: String,
+    #[command(flatten)]
+    pub compute: common::ComputeArgs,
 }
 
 /// The result of scoring a text.
@@ -46,12 +42,7 @@ pub struct Perplexity {
 pub fn run(args: &PerplexityArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut loaded = common::load(&path, args.pretokenizer.as_deref())?;
-    loaded
-        .model
-        .set_pool(crate::compute::Pool::new(args.threads, None)?);
-    loaded
-        .model
-        .set_kernel(common::select_kernel(&args.kernel)?);
+    args.compute.apply(&mut loaded.model)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let tokens = loaded.tokenizer.encode(&text, true, false)?;

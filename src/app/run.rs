@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 
 use super::common::{self, tokens_per_second};
 use crate::chat::ChatTemplate;
-use crate::compute::Pool;
 use crate::engine::{Engine, GenParams, Outcome, Step};
 use crate::sampler::SamplerConfig;
 
@@ -34,15 +33,8 @@ pub struct RunArgs {
     /// Tokens to generate (per turn with -cnv).
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n_predict: usize,
-    /// Compute threads.
-    #[arg(short = 't', long = "threads", default_value_t = 2)]
-    pub threads: usize,
-    /// Ternary kernel: auto, scalar, tl1 or i2s.
-    #[arg(long, default_value = "auto")]
-    pub kernel: String,
-    /// Pin the compute threads to these cores (e.g. 2,3); thread i takes the i-th.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub cores: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub compute: common::ComputeArgs,
     /// Sampling temperature; 0 is greedy.
     #[arg(long = "temp", default_value_t = 0.8)]
     pub temp: f32,
@@ -79,12 +71,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut loaded = common::load(&path, args.pretokenizer.as_deref())?;
     eprintln!("load time = {:.2} ms", loaded.load_time.as_secs_f64() * 1e3);
-    loaded
-        .model
-        .set_pool(Pool::new(args.threads, args.cores.as_deref())?);
-    loaded
-        .model
-        .set_kernel(common::select_kernel(&args.kernel)?);
+    args.compute.apply(&mut loaded.model)?;
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match args.ctx_size {
         0 => n_ctx_train,
