@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use super::common;
 use crate::chat::ChatTemplate;
@@ -53,9 +53,8 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = config(args)?;
-    let Some(path) = config.model.clone() else {
-        bail!("no model: set `model` in the config file or give -m PATH");
-    };
+    // No model configured: the demo model (random weights), with a warning saying so.
+    let path = common::model_path(config.model.as_deref())?;
     let mut loaded = common::load(&path, None)?;
     log::info!(
         "loaded {} in {:.0} ms",
