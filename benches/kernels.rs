@@ -3,7 +3,8 @@
 
 use std::hint::black_box;
 
-use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout, scalar};
+use bitnet_kernels::scalar::{self, LaneSum};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 
@@ -88,7 +89,7 @@ fn i2s_matmul(c: &mut Criterion) {
     }
 }
 
-type F16Kernel = fn(&[f16], usize, &[f16], &mut OutRows, &mut Vec<f32>);
+type F16Kernel = fn(&[f16], usize, &[f16], LaneSum, &mut OutRows, &mut Vec<f32>);
 
 /// The tied output projection for one token: 2B-4T's (vocab 50257 x 2560, F16) and
 /// the tiny model's (50257 x 256, which fits in L3).
@@ -117,7 +118,14 @@ fn f16_head(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), "1tok"), |b| {
                 b.iter(|| {
                     let mut out = OutRows::all(&mut out, 1, rows);
-                    kernel(black_box(&w), cols, &x16, &mut out, &mut scratch)
+                    kernel(
+                        black_box(&w),
+                        cols,
+                        &x16,
+                        LaneSum::InOrder,
+                        &mut out,
+                        &mut scratch,
+                    )
                 })
             });
             group.finish();

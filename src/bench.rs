@@ -128,14 +128,16 @@ fn random_tokens(model: &Model, n: usize) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect()
 }
 
-/// Bytes of weights one decoded token reads: every tensor once (the tied embedding
-/// table in full, by the output projection); an unused `output.weight` is not read.
+/// Bytes of weights one decoded token reads: every tensor once, the output projection
+/// in the precision it runs at (the tied embedding table in full, or its 8-bit copy);
+/// an unused `output.weight` is not read.
 pub fn bytes_per_token(model: &Model) -> u64 {
     let tensors = model.gguf.tensors().iter();
-    tensors
-        .filter(|t| t.name != "output.weight")
+    let layers: u64 = tensors
+        .filter(|t| t.name != "output.weight" && t.name != "token_embd.weight")
         .map(|t| t.size)
-        .sum()
+        .sum();
+    layers + model.head().1 as u64
 }
 
 /// Parameters: the elements of every tensor (as llama.cpp counts them).

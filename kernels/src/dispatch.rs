@@ -5,6 +5,8 @@ use std::fmt;
 
 use half::f16;
 
+use crate::q8::Q8Matrix;
+use crate::scalar::LaneSum;
 use crate::tl1::{Tl1Matrix, tl1_pack};
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
@@ -175,20 +177,30 @@ impl Kernel {
         scalar::quantize_acts(x, k, acts)
     }
 
+    /// The 8-bit output projection (bit-identical on every path).
+    pub fn q8_matmul(self, w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
+        #[cfg(target_arch = "x86_64")]
+        if self != Kernel::Scalar && crate::x86_64::i2s_avx2_available() {
+            return crate::x86_64::q8_matmul_avx2(w, x8, out);
+        }
+        scalar::q8_matmul(w, x8, out)
+    }
+
     /// The F16 output projection (bit-identical on every path).
     pub fn f16_matmul(
         self,
         w: &[f16],
         cols: usize,
         x16: &[f16],
+        lanes: LaneSum,
         out: &mut OutRows,
         scratch: &mut Vec<f32>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
-            return crate::x86_64::f16_matmul_avx2(w, cols, x16, out, scratch);
+            return crate::x86_64::f16_matmul_avx2(w, cols, x16, lanes, out, scratch);
         }
-        scalar::f16_matmul(w, cols, x16, out, scratch)
+        scalar::f16_matmul(w, cols, x16, lanes, out, scratch)
     }
 }
 

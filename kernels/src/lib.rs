@@ -21,6 +21,7 @@ pub mod aarch64;
 pub mod broadcast;
 pub mod dispatch;
 pub mod layout;
+pub mod q8;
 pub mod rows;
 pub mod scalar;
 pub mod tl1;

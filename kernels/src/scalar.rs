@@ -5,6 +5,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
+use crate::q8::Q8Matrix;
 use crate::rows::OutRows;
 use crate::{I2sMatrix, QuantizedActs};
 
@@ -77,8 +78,32 @@ pub fn round_to_f16(x: &[f32], out: &mut Vec<f16>) {
     out.convert_from_f32_slice(x);
 }
 
+/// The order in which the eight lane totals of an F16 dot product are added up. bitnet.cpp's
+/// x86 build uses two, and an int8 rounding flip downstream turns the last-bit difference
+/// into a visible one, so each caller names the one it reproduces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaneSum {
+    /// `l0 + l1 + … + l7` (ggml's dot loop: the output projection, one-token attention).
+    InOrder,
+    /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, llamafile's horizontal sum
+    /// (its F16 GEMM: attention scores of a batch).
+    Halving,
+}
+
+impl LaneSum {
+    pub fn total(self, l: &[f32; 8]) -> f32 {
+        match self {
+            LaneSum::InOrder => l.iter().sum(),
+            LaneSum::Halving => {
+                let h = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+                (h[0] + h[2]) + (h[1] + h[3])
+            }
+        }
+    }
+}
+
 /// Dot product in f32 with eight partial sums (the summation shape of ggml's SIMD loop).
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_f32(a: &[f32], b: &[f32], lanes: LaneSum) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8 * 8;
     for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
@@ -86,7 +111,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += ca[l] * cb[l];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
+    let mut sum = lanes.total(&acc);
     for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
         sum += x * y;
     }
@@ -96,7 +121,14 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// `out[t][r] = W[r] · x16[t]` for the rows `out.rows()` of an F16 matrix of `cols`
 /// columns (the tied output embedding). `x16` holds the tokens already rounded to f16;
 /// `scratch` is reused.
-pub fn f16_matmul(w: &[f16], cols: usize, x16: &[f16], out: &mut OutRows, scratch: &mut Vec<f32>) {
+pub fn f16_matmul(
+    w: &[f16],
+    cols: usize,
+    x16: &[f16],
+    lanes: LaneSum,
+    out: &mut OutRows,
+    scratch: &mut Vec<f32>,
+) {
     let n_tokens = x16.len() / cols;
     scratch.resize(cols * (n_tokens + 1), 0.0);
     let (row, xs) = scratch.split_at_mut(cols);
@@ -105,7 +137,7 @@ pub fn f16_matmul(w: &[f16], cols: usize, x16: &[f16], out: &mut OutRows, scratc
     for r in out.rows() {
         w[r * cols..(r + 1) * cols].convert_to_f32_slice(row);
         for t in 0..n_tokens {
-            out.token(t)[r - start] = dot_f32(row, &xs[t * cols..(t + 1) * cols]);
+            out.token(t)[r - start] = dot_f32(row, &xs[t * cols..(t + 1) * cols], lanes);
         }
     }
 }
@@ -143,6 +175,40 @@ pub fn q8_0_dot(a: &[u8], b: &[u8]) -> f32 {
             .map(|(&x, &y)| i32::from(x as i8) * i32::from(y as i8))
             .sum();
         acc += da * db * sumi as f32;
+    }
+    acc
+}
+
+/// `out[t][r] = W[r] · x[t]` for the rows of `out`, with `x8` holding each token's
+/// activations as Q8_0 blocks ([`quantize_q8_0`]).
+pub fn q8_matmul(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
+    let row_bytes = w.cols() / Q8_0_BLOCK * Q8_0_BYTES;
+    let start = out.rows().start;
+    for t in 0..out.n_tokens() {
+        let x = &x8[t * row_bytes..(t + 1) * row_bytes];
+        for r in out.rows() {
+            out.token(t)[r - start] = q8_row_dot(w, r, x);
+        }
+    }
+}
+
+/// Row `r` of `w` times one token's Q8_0 activations: the blocks added up in order as
+/// `(scale_w * scale_x) * Σ w·x`, as [`q8_0_dot`] does.
+pub fn q8_row_dot(w: &Q8Matrix, r: usize, x: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (b, (wq, xb)) in w
+        .row(r)
+        .chunks_exact(Q8_0_BLOCK)
+        .zip(x.chunks_exact(Q8_0_BYTES))
+        .enumerate()
+    {
+        let dx = f16::from_le_bytes([xb[0], xb[1]]).to_f32();
+        let sumi: i32 = wq
+            .iter()
+            .zip(&xb[2..])
+            .map(|(&a, &b)| i32::from(a) * i32::from(b as i8))
+            .sum();
+        acc += w.block_scales(b)[r] * dx * sumi as f32;
     }
     acc
 }

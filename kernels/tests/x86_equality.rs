@@ -6,11 +6,13 @@ use std::ops::Range;
 use std::sync::Once;
 
 use bitnet_kernels::layout::encode_i2s;
+use bitnet_kernels::q8::Q8Matrix;
+use bitnet_kernels::scalar::{self, LaneSum};
 use bitnet_kernels::x86_64::{
     f16_avx2_available, f16_matmul_avx2, i2s_avx2_available, i2s_avx512_available, i2s_matmul_avx2,
-    i2s_matmul_avx512, quantize_acts_avx2,
+    i2s_matmul_avx512, q8_matmul_avx2, quantize_acts_avx2,
 };
-use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, scalar};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
 use half::f16;
 
 type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut OutRows);
@@ -203,20 +205,23 @@ fn check_f16(w: &[f16], cols: usize, x: &[f32], rows: Range<usize>) {
     let mut x16 = Vec::new();
     scalar::round_to_f16(x, &mut x16);
     let sentinel = f32::from_bits(0x7fc0_1234);
-    let mut want = vec![sentinel; n_rows * n_tokens];
-    let mut got = want.clone();
-    let mut want_rows = OutRows::new(&mut want, n_tokens, n_rows, rows.clone());
-    scalar::f16_matmul(w, cols, &x16, &mut want_rows, &mut Vec::new());
-    let mut got_rows = OutRows::new(&mut got, n_tokens, n_rows, rows.clone());
-    f16_matmul_avx2(w, cols, &x16, &mut got_rows, &mut Vec::new());
-    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            e.to_bits(),
-            "{n_rows}x{cols}, {n_tokens} tokens, rows {rows:?}: token {} row {}: {g} vs {e}",
-            i / n_rows,
-            i % n_rows
-        );
+    for lanes in [LaneSum::InOrder, LaneSum::Halving] {
+        let mut want = vec![sentinel; n_rows * n_tokens];
+        let mut got = want.clone();
+        let mut want_rows = OutRows::new(&mut want, n_tokens, n_rows, rows.clone());
+        scalar::f16_matmul(w, cols, &x16, lanes, &mut want_rows, &mut Vec::new());
+        let mut got_rows = OutRows::new(&mut got, n_tokens, n_rows, rows.clone());
+        f16_matmul_avx2(w, cols, &x16, lanes, &mut got_rows, &mut Vec::new());
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                e.to_bits(),
+                "{n_rows}x{cols}, {n_tokens} tokens, rows {rows:?}, {lanes:?}: token {} row {}: \
+                 {g} vs {e}",
+                i / n_rows,
+                i % n_rows
+            );
+        }
     }
 }
 
@@ -324,4 +329,89 @@ fn quantize_ties_zeros_and_specials() {
     check_quantize(&x, k);
     // Values far below the 1e-5 floor of the max.
     check_quantize(&vec![1e-9; k], k);
+}
+
+/// Compares [`q8_matmul_avx2`] bit-for-bit with the scalar reference over the rows
+/// `rows` of `w` (values in -127..=127) for the tokens `x`.
+fn check_q8(w: &Q8Matrix, x: &[f32], rows: Range<usize>) {
+    static REPORT: Once = Once::new();
+    if !i2s_avx2_available() {
+        REPORT.call_once(|| eprintln!("SKIPPED q8_matmul_avx2: CPU lacks AVX2"));
+        return;
+    }
+    let (n_rows, n_tokens) = (w.rows(), x.len() / w.cols());
+    let mut x8 = Vec::new();
+    scalar::quantize_q8_0(x, &mut x8);
+    let sentinel = f32::from_bits(0x7fc0_1234);
+    let mut want = vec![sentinel; n_rows * n_tokens];
+    let mut got = want.clone();
+    scalar::q8_matmul(
+        w,
+        &x8,
+        &mut OutRows::new(&mut want, n_tokens, n_rows, rows.clone()),
+    );
+    q8_matmul_avx2(
+        w,
+        &x8,
+        &mut OutRows::new(&mut got, n_tokens, n_rows, rows.clone()),
+    );
+    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "{n_rows}x{}, {n_tokens} tokens, rows {rows:?}: token {} row {}: {g} vs {e}",
+            w.cols(),
+            i / n_rows,
+            i % n_rows
+        );
+    }
+}
+
+#[test]
+fn q8_random_shapes_and_row_ranges() {
+    let mut rng = Rng(8);
+    for cols in [32, 64, 256, 2560] {
+        // Row counts around the kernel's groups of eight.
+        for n_rows in [1, 7, 8, 9, 17, 100] {
+            let w: Vec<f16> = (0..n_rows * cols)
+                .map(|_| f16::from_f32(rng.f32() * 0.1))
+                .collect();
+            let w = Q8Matrix::from_f16(&w, cols);
+            for n_tokens in [1, 2, 5] {
+                let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.f32() * 4.0).collect();
+                check_q8(&w, &x, 0..n_rows);
+                check_q8(&w, &x, n_rows / 3..n_rows);
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_extremes() {
+    let cols = 96;
+    // ±127 everywhere (the largest products), all zeros, and alternating signs.
+    let mut bytes = Vec::new();
+    for r in 0..19 {
+        for b in 0..cols / 32 {
+            bytes.extend_from_slice(&f16::from_f32(0.5 + b as f32).to_le_bytes());
+            bytes.extend((0..32).map(|i| match r % 3 {
+                0 => 127u8,
+                1 => 0,
+                _ => {
+                    if i % 2 == 0 {
+                        0x81
+                    } else {
+                        127
+                    }
+                }
+            }));
+        }
+    }
+    let w = Q8Matrix::from_q8_0(&bytes, cols).unwrap();
+    for x in [vec![-1.0; 2 * cols], vec![1.0; cols], vec![0.0; cols]] {
+        check_q8(&w, &x, 0..19);
+    }
+    // -128 is refused where it is.
+    bytes[34 + 2 + 5] = 0x80;
+    assert_eq!(Q8Matrix::from_q8_0(&bytes, cols).err(), Some(34 + 2 + 5));
 }

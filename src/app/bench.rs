@@ -59,6 +59,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let memory_read = bench::memory_read_bandwidth(&pool, BANDWIDTH_BYTES, BANDWIDTH_TRIES);
     model.set_pool(pool);
     model.set_kernel(common::select_kernel(&args.compute.kernel)?);
+    model.set_head(args.compute.head)?;
     let cfg = BenchConfig {
         n_prompt: args.n_prompt,
         n_gen: args.n_gen,

@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 
 use crate::compute::Pool;
-use crate::model::Model;
+use crate::model::{HeadChoice, Model};
 use crate::tokenizer::Tokenizer;
 
 /// A model and its tokenizer, and how long loading took.
@@ -43,6 +43,10 @@ pub struct ComputeArgs {
     /// Ternary kernel: auto, scalar, tl1 or i2s.
     #[arg(long, default_value = "auto")]
     pub kernel: String,
+    /// Output projection: as the file stores it, or an 8-bit copy (faster decoding;
+    /// logits move by about 1e-2).
+    #[arg(long, value_enum, default_value = "file")]
+    pub head: HeadChoice,
 }
 
 impl ComputeArgs {
@@ -54,6 +58,7 @@ impl ComputeArgs {
     pub fn apply(&self, model: &mut Model) -> anyhow::Result<()> {
         model.set_pool(self.pool()?);
         model.set_kernel(select_kernel(&self.kernel)?);
+        model.set_head(self.head)?;
         Ok(())
     }
 }

@@ -12,8 +12,10 @@
 use std::sync::{Mutex, PoisonError};
 
 use bitnet_kernels::dispatch::Kernel;
-use bitnet_kernels::{OutRows, QuantizedActs, RowsOut, scalar};
+use bitnet_kernels::scalar::{self, LaneSum};
+use bitnet_kernels::{OutRows, QuantizedActs, RowsOut};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::hparams::{Arch, HParams};
 use super::weights::{Embedding, Ternary};
@@ -60,29 +62,38 @@ struct Buffers {
 
 /// What one compute thread needs for itself.
 struct ThreadScratch {
-    /// Attention scores of one (token, head) over the visible cache.
+    /// One head's queries of a block of tokens, contiguous for the F16 product.
+    q_head: Vec<f16>,
+    /// Attention scores of a block of queries over the visible cache, `[token][key]`.
     scores: Vec<f32>,
     p16: Vec<f16>,
-    /// A dequantized output-embedding row and the f32 activations.
+    /// One value row in f32, and the f64 sums of the one-token attention output.
+    v_row: Vec<f32>,
+    sums: Vec<f64>,
+    /// Scratch of the F16 products (attention scores, output projection rows).
     row: Vec<f32>,
 }
 
 impl ThreadScratch {
     /// Room for a full context up front, so that decoding never grows these buffers.
-    fn new(n_ctx: usize) -> Self {
+    fn new(hp: &HParams, n_ctx: usize) -> Self {
+        let hd = hp.head_dim;
         ThreadScratch {
+            q_head: Vec::with_capacity(hd),
             scores: Vec::with_capacity(n_ctx),
             p16: Vec::with_capacity(n_ctx),
-            row: Vec::new(),
+            v_row: Vec::with_capacity(hd),
+            sums: Vec::with_capacity(hd),
+            row: Vec::with_capacity(2 * hp.n_embd.max(hd)),
         }
     }
 }
 
 impl Buffers {
-    fn ensure_threads(&mut self, n_threads: usize, n_ctx: usize) {
+    fn ensure_threads(&mut self, n_threads: usize, hp: &HParams, n_ctx: usize) {
         if self.threads.len() < n_threads {
             self.threads
-                .resize_with(n_threads, || Mutex::new(ThreadScratch::new(n_ctx)));
+                .resize_with(n_threads, || Mutex::new(ThreadScratch::new(hp, n_ctx)));
         }
     }
 }
@@ -170,7 +181,7 @@ impl Model {
         let (file, pool, kernel) = (self.file(), &self.pool, self.kernel);
         let (n, d, dkv, ff) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff);
         let b = &mut s.buf;
-        b.ensure_threads(pool.n_threads(), s.n_ctx);
+        b.ensure_threads(pool.n_threads(), hp, s.n_ctx);
         b.x.resize(n * d, 0.0);
         for (row, &tok) in b.x.chunks_exact_mut(d).zip(tokens) {
             self.embedding_row(tok as usize, row);
@@ -187,15 +198,27 @@ impl Model {
             apply_rope(&mut b.q, hp.head_dim, &b.rope_cos, &b.rope_sin);
             apply_rope(&mut b.k, hp.head_dim, &b.rope_cos, &b.rope_sin);
             let layer_cache = l * s.n_ctx * dkv;
+            let layer_end = layer_cache + s.n_ctx * dkv;
+            let (k_layer, v_layer) = (
+                &mut s.k_cache[layer_cache..layer_end],
+                &mut s.v_cache[layer_cache..layer_end],
+            );
+            let hd = hp.head_dim;
             for t in 0..n {
-                let at = layer_cache + (s.n_past + t) * dkv;
-                store_f16(&b.k[t * dkv..(t + 1) * dkv], &mut s.k_cache[at..at + dkv]);
-                store_f16(&b.v[t * dkv..(t + 1) * dkv], &mut s.v_cache[at..at + dkv]);
+                for h in 0..hp.n_head_kv {
+                    let src = t * dkv + h * hd..t * dkv + (h + 1) * hd;
+                    let at = (h * s.n_ctx + s.n_past + t) * hd;
+                    store_f16(&b.k[src.clone()], &mut k_layer[at..at + hd]);
+                    store_f16(&b.v[src], &mut v_layer[at..at + hd]);
+                }
             }
-            let cache_len = s.n_past + n;
-            let k_cache = &s.k_cache[layer_cache..layer_cache + cache_len * dkv];
-            let v_cache = &s.v_cache[layer_cache..layer_cache + cache_len * dkv];
-            attention(pool, hp, s.n_past, k_cache, v_cache, b);
+            let cache = LayerCache {
+                k: k_layer,
+                v: v_layer,
+                n_ctx: s.n_ctx,
+                len: s.n_past + n,
+            };
+            attention(pool, kernel, hp, &cache, b);
             if let Some(w) = &layer.attn_sub_norm {
                 rms_norm_in_place(&mut b.attn, w, hp.rms_eps);
             }
@@ -250,13 +273,11 @@ impl Model {
     }
 
     /// logits = xn · token_embdᵀ with the activations quantized the way ggml does for
-    /// the embedding's type.
+    /// the weights' type.
     fn output_projection(&self, b: &mut Buffers) {
         let hp = &self.hparams;
         let Embedding {
-            ggml_type,
-            bytes,
-            row_bytes,
+            ggml_type, bytes, ..
         } = &self.weights.embedding;
         let (d, vocab) = (hp.n_embd, hp.n_vocab);
         let n = b.xn.len() / d;
@@ -264,6 +285,17 @@ impl Model {
         let table = &self.file()[bytes.clone()];
         let (pool, threads) = (&self.pool, &b.threads);
         let logits = RowsOut::new(&mut b.logits, n, vocab, row_block(pool, vocab));
+        if let Some(head) = &self.head_q8 {
+            // d is a multiple of the block size, so each token's blocks are contiguous.
+            scalar::quantize_q8_0(&b.xn, &mut b.head_q8);
+            let x8 = &b.head_q8;
+            pool.run(&|_| {
+                while let Some(mut part) = logits.next_chunk() {
+                    self.kernel.q8_matmul(head, x8, &mut part);
+                }
+            });
+            return;
+        }
         match ggml_type {
             GgmlType::F16 => {
                 scalar::round_to_f16(&b.xn, &mut b.head_in);
@@ -271,24 +303,8 @@ impl Model {
                 pool.run(&|thread| {
                     let row = &mut scratch(threads, thread).row;
                     while let Some(mut part) = logits.next_chunk() {
-                        self.kernel.f16_matmul(w, d, x16, &mut part, row);
-                    }
-                });
-            }
-            GgmlType::Q8_0 => {
-                // d is a multiple of the block size, so each token's blocks are contiguous.
-                scalar::quantize_q8_0(&b.xn, &mut b.head_q8);
-                let x8 = &b.head_q8;
-                pool.run(&|_| {
-                    while let Some(mut part) = logits.next_chunk() {
-                        let start = part.rows().start;
-                        for r in part.rows() {
-                            let row = &table[r * row_bytes..(r + 1) * row_bytes];
-                            for t in 0..n {
-                                let x = &x8[t * row_bytes..(t + 1) * row_bytes];
-                                part.token(t)[r - start] = scalar::q8_0_dot(row, x);
-                            }
-                        }
+                        self.kernel
+                            .f16_matmul(w, d, x16, LaneSum::InOrder, &mut part, row);
                     }
                 });
             }
@@ -303,7 +319,8 @@ impl Model {
                             self.embedding_row(r, row);
                             for t in 0..n {
                                 let x = &xn[t * d..(t + 1) * d];
-                                part.token(t)[r - start] = scalar::dot_f32(row, x);
+                                part.token(t)[r - start] =
+                                    scalar::dot_f32(row, x, LaneSum::InOrder);
                             }
                         }
                     }
@@ -417,16 +434,31 @@ fn store_f16(src: &[f32], dst: &mut [f16]) {
     }
 }
 
+/// One layer's KV cache: per KV head, `n_ctx` rows of `head_dim` values, of which the
+/// first `len` are filled. Head-major so that one head's keys form a plain F16 matrix.
+struct LayerCache<'a> {
+    k: &'a [f16],
+    v: &'a [f16],
+    n_ctx: usize,
+    len: usize,
+}
+
+impl LayerCache<'_> {
+    /// KV head `h`'s first `len` keys and values.
+    fn head(&self, h: usize, hd: usize) -> (&[f16], &[f16]) {
+        let start = h * self.n_ctx * hd;
+        let end = start + self.len * hd;
+        (&self.k[start..end], &self.v[start..end])
+    }
+}
+
+/// Queries per block of the batched attention: bounds the scores buffer to
+/// `QUERY_BLOCK x context` floats per thread however long the prompt.
+const QUERY_BLOCK: usize = 64;
+
 /// Causal GQA attention of the batch's queries (`b.q`) over the cache, split by heads;
 /// writes the concatenated heads into `b.attn`.
-fn attention(
-    pool: &Pool,
-    hp: &HParams,
-    n_past: usize,
-    k_cache: &[f16],
-    v_cache: &[f16],
-    b: &mut Buffers,
-) {
+fn attention(pool: &Pool, kernel: Kernel, hp: &HParams, cache: &LayerCache, b: &mut Buffers) {
     let (hd, d) = (hp.head_dim, hp.n_embd);
     let n = b.q.len() / d;
     b.attn.clear();
@@ -439,59 +471,78 @@ fn attention(
         let s = &mut *scratch(threads, thread);
         while let Some(mut out) = heads.next_chunk() {
             let h = out.rows().start / hd;
-            attend_head(hp, n_past, h, q16, k_cache, v_cache, &mut out, s);
+            attend_head(kernel, hp, h, q16, cache, &mut out, s);
         }
     });
 }
 
 /// Attention of head `h` for every token of the batch, into `out` (that head's columns).
-#[allow(clippy::too_many_arguments)] // the inputs of one head's attention, no more
 fn attend_head(
+    kernel: Kernel,
     hp: &HParams,
-    n_past: usize,
     h: usize,
     q16: &[f16],
-    k_cache: &[f16],
-    v_cache: &[f16],
+    cache: &LayerCache,
     out: &mut OutRows,
     s: &mut ThreadScratch,
 ) {
-    let (hd, dkv, d) = (hp.head_dim, hp.n_embd_kv(), hp.n_embd);
-    let kvh = h / (hp.n_head / hp.n_head_kv);
+    let (hd, d) = (hp.head_dim, hp.n_embd);
+    let (keys, values) = cache.head(h / (hp.n_head / hp.n_head_kv), hd);
     let n = out.n_tokens();
+    let n_past = cache.len - n;
     let scale = 1.0 / (hd as f32).sqrt();
-    let v_head = |j: usize| &v_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
-    for t in 0..n {
-        let visible = n_past + t + 1;
-        let q = &q16[t * d + h * hd..t * d + (h + 1) * hd];
-        s.scores.clear();
-        for j in 0..visible {
-            let k = &k_cache[j * dkv + kvh * hd..j * dkv + (kvh + 1) * hd];
-            let dot: f32 = q.iter().zip(k).map(|(a, b)| a.to_f32() * b.to_f32()).sum();
-            s.scores.push(dot * scale);
+    for t0 in (0..n).step_by(QUERY_BLOCK) {
+        let t1 = (t0 + QUERY_BLOCK).min(n);
+        // Scores of every query of the block against every key the last one sees; the
+        // earlier queries use a prefix of their row (the causal mask).
+        let visible = n_past + t1;
+        s.q_head.clear();
+        for t in t0..t1 {
+            s.q_head
+                .extend_from_slice(&q16[t * d + h * hd..t * d + (h + 1) * hd]);
         }
-        softmax(&mut s.scores);
-        let out = out.token(t);
-        if n > 1 {
-            // ggml's batched F16 x F32 product keeps the probabilities in f32.
-            for (j, &p) in s.scores.iter().enumerate() {
-                for (o, v) in out.iter_mut().zip(v_head(j)) {
-                    *o += p * v.to_f32();
-                }
-            }
+        s.scores.resize((t1 - t0) * visible, 0.0);
+        let mut scores = OutRows::all(&mut s.scores, t1 - t0, visible);
+        // ggml scores a batch with its F16 GEMM and one token with its dot loop.
+        let lanes = if n > 1 {
+            LaneSum::Halving
         } else {
-            // One token: ggml rounds the probabilities to f16 and, for a short
-            // cache, sums the products in double.
-            s.p16.clear();
-            s.p16.extend(s.scores.iter().map(|&p| f16::from_f32(p)));
-            for (i, o) in out.iter_mut().enumerate() {
-                let sum: f64 = s
-                    .p16
-                    .iter()
-                    .enumerate()
-                    .map(|(j, p)| f64::from(p.to_f32() * v_head(j)[i].to_f32()))
-                    .sum();
-                *o = sum as f32;
+            LaneSum::InOrder
+        };
+        let keys = &keys[..visible * hd];
+        kernel.f16_matmul(keys, hd, &s.q_head, lanes, &mut scores, &mut s.row);
+        for t in t0..t1 {
+            let row = &mut s.scores[(t - t0) * visible..][..n_past + t + 1];
+            row.iter_mut().for_each(|v| *v *= scale);
+            softmax(row);
+            let out = out.token(t);
+            if n > 1 {
+                // ggml's batched F16 x F32 product keeps the probabilities in f32.
+                for (&p, v) in row.iter().zip(values.chunks_exact(hd)) {
+                    s.v_row.resize(hd, 0.0);
+                    v.convert_to_f32_slice(&mut s.v_row);
+                    for (o, &v) in out.iter_mut().zip(&s.v_row) {
+                        *o += p * v;
+                    }
+                }
+            } else {
+                // One token: ggml rounds the probabilities to f16 and, for a short
+                // cache, sums the products in double.
+                s.p16.clear();
+                s.p16.extend(row.iter().map(|&p| f16::from_f32(p)));
+                s.sums.clear();
+                s.sums.resize(hd, 0.0);
+                for (p, v) in s.p16.iter().zip(values.chunks_exact(hd)) {
+                    s.v_row.resize(hd, 0.0);
+                    v.convert_to_f32_slice(&mut s.v_row);
+                    let p = p.to_f32();
+                    for (sum, &v) in s.sums.iter_mut().zip(&s.v_row) {
+                        *sum += f64::from(p * v);
+                    }
+                }
+                for (o, &sum) in out.iter_mut().zip(&s.sums) {
+                    *o = sum as f32;
+                }
             }
         }
     }

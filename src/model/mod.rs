@@ -12,6 +12,7 @@ pub use hparams::{Arch, HParams};
 pub use weights::{Embedding, Layer, Ternary, Weights};
 
 use bitnet_kernels::dispatch::{Kernel, Layout};
+use bitnet_kernels::q8::Q8Matrix;
 use bitnet_kernels::tl1::tl1_pack;
 
 use crate::compute::Pool;
@@ -63,6 +64,18 @@ pub struct Model {
     pool: Pool,
     /// The ternary kernel (scalar until set).
     kernel: Kernel,
+    /// The output projection in 8 bits when the file's embedding is Q8_0 or `--head q8`
+    /// asked for it; otherwise the projection reads the embedding in the file.
+    head_q8: Option<Q8Matrix>,
+}
+
+/// The precision of the output projection (the tied embedding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadChoice {
+    /// As the file stores it.
+    File,
+    /// An 8-bit (Q8_0) copy made at load: about a third of the F16 head's bytes per token.
+    Q8,
 }
 
 impl Model {
@@ -74,13 +87,55 @@ impl Model {
     pub fn from_gguf(gguf: Gguf) -> Result<Self, ModelError> {
         let hparams = HParams::from_gguf(&gguf)?;
         let weights = Weights::bind(&gguf, &hparams)?;
-        Ok(Model {
+        let mut model = Model {
             gguf,
             hparams,
             weights,
             pool: Pool::single(),
             kernel: Kernel::Scalar,
-        })
+            head_q8: None,
+        };
+        if model.weights.embedding.ggml_type == GgmlType::Q8_0 {
+            model.set_head(HeadChoice::Q8)?;
+        }
+        Ok(model)
+    }
+
+    /// Computes the output projection in this precision from now on.
+    pub fn set_head(&mut self, choice: HeadChoice) -> Result<(), ModelError> {
+        let e = &self.weights.embedding;
+        let table = &self.gguf.bytes()[e.bytes.clone()];
+        let cols = self.hparams.n_embd;
+        self.head_q8 = match (choice, e.ggml_type) {
+            (HeadChoice::File, GgmlType::Q8_0) | (HeadChoice::Q8, GgmlType::Q8_0) => Some(
+                Q8Matrix::from_q8_0(table, cols).map_err(|at| ModelError::BadValue {
+                    name: "token_embd.weight".into(),
+                    offset: (e.bytes.start + at) as u64,
+                    problem: "Q8_0 value -128 (quantizers write -127..=127)".into(),
+                })?,
+            ),
+            (HeadChoice::File, _) => None,
+            (HeadChoice::Q8, GgmlType::F16) => {
+                Some(Q8Matrix::from_f16(bytemuck::cast_slice(table), cols))
+            }
+            (HeadChoice::Q8, other) => {
+                return Err(ModelError::Unsupported(format!(
+                    "--head q8 needs an F16 or Q8_0 token embedding; this file's is {other}"
+                )));
+            }
+        };
+        Ok(())
+    }
+
+    /// The output projection's precision and the bytes it reads per token.
+    pub fn head(&self) -> (String, usize) {
+        match &self.head_q8 {
+            Some(q8) => ("q8_0".into(), q8.bytes()),
+            None => {
+                let e = &self.weights.embedding;
+                (e.ggml_type.to_string().to_lowercase(), e.bytes.len())
+            }
+        }
     }
 
     /// Computes on `pool` from now on.

@@ -1,5 +1,5 @@
 //! F16 matrix × f32 activations with F16C + AVX: the same eight partial sums as
-//! `scalar::dot_f32`, in the same order, with separate multiply and add (no FMA), so the
+//! `scalar::dot_f32`, added up in the same order, with separate multiply and add (no FMA), so the
 //! result is bit-for-bit the scalar one. Independent (row, token) chains hide the add
 //! latency; the kernel stays memory-bound on the weights.
 
@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use crate::OutRows;
+use crate::scalar::LaneSum;
 use half::slice::HalfFloatSliceExt;
 
 /// Weight bytes per row chunk, revisited from L2 by every tile of tokens.
@@ -19,6 +20,7 @@ pub fn f16_matmul_avx2(
     w: &[f16],
     cols: usize,
     x16: &[f16],
+    lanes: LaneSum,
     out: &mut OutRows,
     scratch: &mut Vec<f32>,
 ) {
@@ -48,16 +50,16 @@ pub fn f16_matmul_avx2(
                 // SAFETY: AVX2 and F16C are present (asserted above).
                 unsafe {
                     match (m, n) {
-                        (4, 1) => tile::<4, 1>(w, x, cols, &mut sums),
-                        (1, 1) => tile::<1, 1>(w, x, cols, &mut sums),
-                        (2, 1) => tile::<2, 1>(w, x, cols, &mut sums),
-                        (3, 1) => tile::<3, 1>(w, x, cols, &mut sums),
-                        (2, 2) => tile::<2, 2>(w, x, cols, &mut sums),
-                        (2, 3) => tile::<2, 3>(w, x, cols, &mut sums),
-                        (2, _) => tile::<2, 4>(w, x, cols, &mut sums),
-                        (_, 2) => tile::<1, 2>(w, x, cols, &mut sums),
-                        (_, 3) => tile::<1, 3>(w, x, cols, &mut sums),
-                        _ => tile::<1, 4>(w, x, cols, &mut sums),
+                        (4, 1) => tile::<4, 1>(w, x, cols, lanes, &mut sums),
+                        (1, 1) => tile::<1, 1>(w, x, cols, lanes, &mut sums),
+                        (2, 1) => tile::<2, 1>(w, x, cols, lanes, &mut sums),
+                        (3, 1) => tile::<3, 1>(w, x, cols, lanes, &mut sums),
+                        (2, 2) => tile::<2, 2>(w, x, cols, lanes, &mut sums),
+                        (2, 3) => tile::<2, 3>(w, x, cols, lanes, &mut sums),
+                        (2, _) => tile::<2, 4>(w, x, cols, lanes, &mut sums),
+                        (_, 2) => tile::<1, 2>(w, x, cols, lanes, &mut sums),
+                        (_, 3) => tile::<1, 3>(w, x, cols, lanes, &mut sums),
+                        _ => tile::<1, 4>(w, x, cols, lanes, &mut sums),
                     }
                 }
                 for (i, row_sums) in sums[..m].iter().enumerate() {
@@ -80,6 +82,7 @@ unsafe fn tile<const R: usize, const T: usize>(
     w: &[f16],
     x: &[f32],
     cols: usize,
+    lanes: LaneSum,
     sums: &mut [[f32; 4]; 4],
 ) {
     assert!(w.len() == R * cols && x.len() == T * cols);
@@ -99,11 +102,11 @@ unsafe fn tile<const R: usize, const T: usize>(
     }
     for i in 0..R {
         for j in 0..T {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` is 8 f32 = 32 bytes; storeu has no alignment need.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
+            let mut totals = [0f32; 8];
+            // SAFETY: `totals` is 8 f32 = 32 bytes; storeu has no alignment need.
+            unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), acc[i][j]) };
             // The scalar reduction, term for term.
-            let mut sum: f32 = lanes.iter().sum();
+            let mut sum = lanes.total(&totals);
             for c in body..cols {
                 sum += w[i * cols + c].to_f32() * x[j * cols + c];
             }
