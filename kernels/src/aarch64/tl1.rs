@@ -4,7 +4,7 @@ use std::arch::aarch64::*;
 use std::cell::RefCell;
 
 use crate::scalar::dequantize_sum;
-use crate::tl1::{TL1_GROUP, TL1_LUT_PAIR_BYTES, Tl1Matrix, tl1_build_lut};
+use crate::tl1::{TL1_GROUP, TL1_LUT_PAIR_BYTES, Tl1Matrix};
 use crate::{OutRows, QuantizedActs};
 
 /// Tokens that share one load and split of each weight step in prefill.
@@ -35,10 +35,8 @@ pub fn tl1_matmul_neon(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut OutRows) {
     let lut_bytes = cols / 2 * TL1_LUT_PAIR_BYTES;
     LUTS.with_borrow_mut(|luts| {
         luts.resize(acts.n_tokens() * lut_bytes, 0);
-        let mut one = Vec::new();
-        for t in 0..acts.n_tokens() {
-            tl1_build_lut(acts.token(t).0, &mut one);
-            luts[t * lut_bytes..(t + 1) * lut_bytes].copy_from_slice(&one);
+        for (t, lut) in luts.chunks_exact_mut(lut_bytes).enumerate() {
+            build_lut(acts.token(t).0, lut);
         }
         let n = acts.n_tokens();
         let mut t = 0;
@@ -72,6 +70,52 @@ pub fn tl1_matmul_neon(w: &Tl1Matrix, acts: &QuantizedActs, out: &mut OutRows) {
             t += nt;
         }
     });
+}
+
+/// [`crate::tl1::tl1_build_lut`] into `lut` (`q.len() / 2` pair tables), byte for byte.
+fn build_lut(q: &[i8], lut: &mut [u8]) {
+    assert_eq!(lut.len(), q.len() / 2 * TL1_LUT_PAIR_BYTES, "table size");
+    // SAFETY: NEON is part of every aarch64 target.
+    unsafe { build_lut_neon(q, lut) }
+}
+
+/// Per pair, entry `i` is `(i/3 - 1)·q0 + (i%3 - 1)·q1` for `i` in 0..9 and 0 above, in
+/// i16 (|v| <= 256); its low 7 bits and its `>> 7` narrowed to bytes are the two halves.
+#[target_feature(enable = "neon")]
+fn build_lut_neon(q: &[i8], lut: &mut [u8]) {
+    const A: [i16; 16] = [-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+    const B: [i16; 16] = [-1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    // SAFETY: 8-lane reads of 16-element constant arrays.
+    let (a, b) = unsafe {
+        (
+            [vld1q_s16(A.as_ptr()), vld1q_s16(A.as_ptr().add(8))],
+            [vld1q_s16(B.as_ptr()), vld1q_s16(B.as_ptr().add(8))],
+        )
+    };
+    let low7 = vdupq_n_s16(127);
+    for (pair, table) in q
+        .chunks_exact(2)
+        .zip(lut.chunks_exact_mut(TL1_LUT_PAIR_BYTES))
+    {
+        let (q0, q1) = (
+            vdupq_n_s16(i16::from(pair[0])),
+            vdupq_n_s16(i16::from(pair[1])),
+        );
+        let v = [0, 1].map(|h| vmlaq_s16(vmulq_s16(a[h], q0), b[h], q1));
+        let low = vcombine_s8(
+            vmovn_s16(vandq_s16(v[0], low7)),
+            vmovn_s16(vandq_s16(v[1], low7)),
+        );
+        let high = vcombine_s8(
+            vmovn_s16(vshrq_n_s16::<7>(v[0])),
+            vmovn_s16(vshrq_n_s16::<7>(v[1])),
+        );
+        // SAFETY: `table` is TL1_LUT_PAIR_BYTES = 32 bytes: two 16-byte stores.
+        unsafe {
+            vst1q_s8(table.as_mut_ptr().cast(), low);
+            vst1q_s8(table.as_mut_ptr().add(16).cast(), high);
+        }
+    }
 }
 
 /// Exact sums of the 16 rows of one group with `NT` consecutive token tables.
@@ -127,4 +171,37 @@ unsafe fn group_sums<const NT: usize>(
         }
     }
     sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tl1::tl1_build_lut;
+
+    #[test]
+    fn neon_tables_equal_the_portable_ones() {
+        let mut x = 0x2545_f491_u32;
+        let mut q: Vec<i8> = (0..1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as i8
+            })
+            .collect();
+        // Every pair of extremes and zero.
+        for (i, (a, b)) in [-128i8, -127, 0, 127]
+            .iter()
+            .flat_map(|&a| [-128i8, -127, 0, 127].map(|b| (a, b)))
+            .enumerate()
+        {
+            q[2 * i] = a;
+            q[2 * i + 1] = b;
+        }
+        let mut want = Vec::new();
+        tl1_build_lut(&q, &mut want);
+        let mut got = vec![0xa5; want.len()];
+        build_lut(&q, &mut got);
+        assert_eq!(got, want);
+    }
 }
