@@ -107,14 +107,14 @@ fn tile<const R: usize, const T: usize>(
     }
     for i in 0..R {
         for j in 0..T {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds 8 f32: two stores of 4.
+            let mut totals = [0f32; 8];
+            // SAFETY: `totals` holds 8 f32: two stores of 4.
             unsafe {
-                vst1q_f32(lanes.as_mut_ptr(), acc[i][j][0]);
-                vst1q_f32(lanes.as_mut_ptr().add(4), acc[i][j][1]);
+                vst1q_f32(totals.as_mut_ptr(), acc[i][j][0]);
+                vst1q_f32(totals.as_mut_ptr().add(4), acc[i][j][1]);
             }
             // The scalar reduction, term for term.
-            let mut sum: f32 = lanes.iter().sum();
+            let mut sum: f32 = totals.iter().sum();
             for c in body..cols {
                 sum += w[i * cols + c].to_f32() * x[j * cols + c];
             }
