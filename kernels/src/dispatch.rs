@@ -174,6 +174,10 @@ impl Kernel {
         if self != Kernel::Scalar && crate::x86_64::i2s_avx2_available() {
             return crate::x86_64::quantize_acts_avx2(x, k, acts);
         }
+        #[cfg(target_arch = "aarch64")]
+        if self != Kernel::Scalar {
+            return crate::aarch64::quantize_acts_neon(x, k, acts);
+        }
         scalar::quantize_acts(x, k, acts)
     }
 
@@ -199,6 +203,10 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
             return crate::x86_64::f16_matmul_avx2(w, cols, x16, lanes, out, scratch);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self != Kernel::Scalar {
+            return crate::aarch64::f16_matmul_neon(w, cols, x16, lanes, out, scratch);
         }
         scalar::f16_matmul(w, cols, x16, lanes, out, scratch)
     }
