@@ -28,6 +28,8 @@ enum Command {
     Perplexity(app::perplexity::PerplexityArgs),
     /// Write a random ternary model (like generate-dummy-bitnet-model.py).
     GenDummy(app::gen_dummy::GenDummyArgs),
+    /// Rewrite a model with its ternary weights in another layout (i2_s or tl1).
+    Convert(app::convert::ConvertArgs),
 }
 
 /// bitnet.cpp's users type `-cnv`, which clap cannot take as a short flag.
@@ -51,6 +53,7 @@ fn main() {
         Command::Bench(args) => app::bench::run(args),
         Command::Perplexity(args) => app::perplexity::run(args),
         Command::GenDummy(args) => app::gen_dummy::run(args),
+        Command::Convert(args) => app::convert::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -51,9 +51,9 @@ pub enum Kernel {
 /// The weight layout a kernel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// bitnet.cpp's I2_S, read straight from the file map.
+    /// bitnet.cpp's I2_S, from the file (or repacked from a TL1 file at load).
     I2s,
-    /// Our TL1 layout, repacked at load.
+    /// Our TL1 layout, from a TL1 file or repacked at load.
     Tl1,
 }
 
@@ -132,10 +132,9 @@ impl Kernel {
         self.quantize(&xs, cols, &mut acts);
         let mut want = vec![0f32; tokens * rows];
         scalar::i2s_matmul(&m, &want_acts, &mut OutRows::all(&mut want, tokens, rows));
-        let tl1 = (self.layout() == Layout::Tl1).then(|| tl1_pack(&m));
-        let packed = match &tl1 {
-            Some(t) => Packed::Tl1(t),
-            None => Packed::I2s(m),
+        let packed = match self.layout() {
+            Layout::Tl1 => Packed::Tl1(tl1_pack(&m)),
+            Layout::I2s => Packed::I2s(m),
         };
         let mut got = vec![f32::NAN; tokens * rows];
         self.matmul(&packed, &acts, &mut OutRows::all(&mut got, tokens, rows));
@@ -212,10 +211,10 @@ impl Kernel {
     }
 }
 
-/// Weights in a kernel's layout: I2_S straight from the file, or repacked TL1.
+/// Weights in a kernel's layout, mapped from the file or repacked at load.
 pub enum Packed<'a> {
     I2s(I2sMatrix<'a>),
-    Tl1(&'a Tl1Matrix),
+    Tl1(Tl1Matrix<'a>),
 }
 
 fn best_tl1() -> Kernel {
@@ -298,9 +297,8 @@ mod tests {
             let mut acts = QuantizedActs::new();
             kernel.quantize(&x, cols, &mut acts);
             let mut got = vec![0f32; 3 * rows];
-            let tl1 = tl1_pack(&m);
             let packed = match kernel.layout() {
-                Layout::Tl1 => Packed::Tl1(&tl1),
+                Layout::Tl1 => Packed::Tl1(tl1_pack(&m)),
                 Layout::I2s => Packed::I2s(m),
             };
             kernel.matmul(&packed, &acts, &mut OutRows::all(&mut got, 3, rows));

@@ -97,3 +97,11 @@ pub fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub fn tokens_per_second(n: usize, time: Duration) -> f64 {
     n as f64 / time.as_secs_f64().max(1e-9)
 }
+
+/// This process's peak resident memory (VmHWM of /proc/self/status), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bitnet_kernels::dispatch::Layout;
 
-use crate::dummy::{self, DummySpec, ModelSize, OutType};
+use crate::dummy::{self, DummySpec, ModelSize};
 use crate::model::Arch;
+use crate::weight_layout::parse_layout;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenDummyArgs {
@@ -25,9 +27,10 @@ pub struct GenDummyArgs {
     /// Shape preset (the default is bitnet.cpp's generator's).
     #[arg(long, value_enum, ignore_case = true, default_value = "7B")]
     pub model_size: ModelSize,
-    /// Weight format.
-    #[arg(long, default_value = "i2_s", value_parser = str::parse::<OutType>)]
-    pub outtype: OutType,
+    /// Layout of the ternary weights: `i2_s` (bitnet.cpp's) or `tl1` (bitnetd's own,
+    /// read in place by the TL1 kernels; the same weights as i2_s for the same seed).
+    #[arg(long, default_value = "i2_s", value_parser = parse_layout)]
+    pub outtype: Layout,
     /// Random seed: the same seed gives a byte-identical file.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -88,7 +91,7 @@ mod tests {
     fn defaults_follow_bitnet_cpp_generator() {
         let a = parse(&["-o", "m.gguf"]).unwrap();
         assert_eq!(a.model_size, ModelSize::B7);
-        assert_eq!(a.outtype, OutType::I2S);
+        assert_eq!(a.outtype, Layout::I2s);
         assert_eq!(a.seed, 1);
         assert_eq!(a.arch, None);
         assert_eq!(a.tokenizer_from, None);
@@ -114,9 +117,13 @@ mod tests {
     }
 
     #[test]
-    fn rejects_other_outtypes_and_archs() {
-        let e = parse(&["-o", "m", "--outtype", "tl1"]).unwrap_err();
-        assert!(e.to_string().contains("kernels milestone"), "{e}");
+    fn parses_outtypes_and_rejects_others() {
+        assert_eq!(
+            parse(&["-o", "m", "--outtype", "TL1"]).unwrap().outtype,
+            Layout::Tl1
+        );
+        let e = parse(&["-o", "m", "--outtype", "tl2"]).unwrap_err();
+        assert!(e.to_string().contains("i2_s or tl1"), "{e}");
         assert!(parse(&["-o", "m", "--arch", "llama"]).is_err());
         assert!(parse(&["-o", "m", "--model-size", "13B"]).is_err());
         assert!(parse(&[]).is_err(), "the output path is required");

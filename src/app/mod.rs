@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod bench;
 pub mod common;
+pub mod convert;
 pub mod gen_dummy;
 pub mod info;
 pub mod perplexity;

@@ -249,6 +249,9 @@ impl Totals {
         };
         line("prompt eval time", self.prompt_tokens, self.prompt_time);
         line("       eval time", self.gen_tokens, self.gen_time);
+        if let Some(bytes) = common::peak_rss() {
+            log::info!("peak memory = {:.1} MiB (VmHWM)", bytes as f64 / 1048576.0);
+        }
     }
 }
 

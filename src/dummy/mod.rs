@@ -6,7 +6,6 @@
 //! needs more than a few MB of memory.
 
 mod demo;
-mod partial;
 mod presets;
 mod tensors;
 mod vocab;
@@ -14,10 +13,9 @@ mod vocab;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
+use bitnet_kernels::dispatch::Layout;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use partial::PartialFile;
 
 pub use demo::{DEMO_FILE_NAME, demo_model_in, demo_model_path};
 pub use presets::{ModelSize, Shape};
@@ -26,6 +24,8 @@ pub use vocab::{BUILTIN_VOCAB, END_OF_TEXT, TokenizerKv};
 
 use crate::gguf::{GgufWriter, Value, WriteError};
 use crate::model::{Arch, ModelError};
+use crate::partial_file::PartialFile;
+use crate::weight_layout::marker;
 
 /// `general.file_type` of an I2_S model (LLAMA_FTYPE_MOSTLY_I2_S in bitnet.cpp).
 const FILE_TYPE_I2_S: u32 = 40;
@@ -50,31 +50,10 @@ pub enum DummyError {
     Tokenizer(String),
     #[error("building the GGUF header: {0}")]
     Header(#[from] WriteError),
-    #[error(
-        "output type {0:?} is not supported: only i2_s is written for now (tl1 comes with the kernels milestone)"
-    )]
-    OutType(String),
     #[error("no cache directory: neither XDG_CACHE_HOME nor HOME is set")]
     NoCacheDir,
     #[error("the generated model {path} does not load: {source}")]
     Invalid { path: PathBuf, source: ModelError },
-}
-
-/// The weight format of a generated model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutType {
-    I2S,
-}
-
-impl FromStr for OutType {
-    type Err = DummyError;
-
-    fn from_str(s: &str) -> Result<Self, DummyError> {
-        match s.to_ascii_lowercase().as_str() {
-            "i2_s" => Ok(OutType::I2S),
-            _ => Err(DummyError::OutType(s.to_owned())),
-        }
-    }
 }
 
 /// What to generate.
@@ -83,7 +62,8 @@ pub struct DummySpec {
     pub size: ModelSize,
     /// `None`: the preset's own arch.
     pub arch: Option<Arch>,
-    pub outtype: OutType,
+    /// Layout of the ternary weights: bitnet.cpp's I2_S, or bitnetd's TL1.
+    pub outtype: Layout,
     pub seed: u64,
     /// Copy every `tokenizer.*` key from this GGUF instead of the built-in tokenizer.
     pub tokenizer_from: Option<PathBuf>,
@@ -95,7 +75,7 @@ impl DummySpec {
         DummySpec {
             size,
             arch: None,
-            outtype: OutType::I2S,
+            outtype: Layout::I2s,
             seed: 1,
             tokenizer_from: None,
         }
@@ -126,7 +106,6 @@ pub fn arch_name(arch: Arch) -> &'static str {
 /// Generates a model and writes it to `path`. The file is built under a temporary name
 /// in the same directory and renamed at the end, so `path` never holds half a model.
 pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyError> {
-    let OutType::I2S = spec.outtype;
     let shape = spec.size.shape();
     let arch = arch_name(spec.arch.unwrap_or(shape.default_arch));
     let tokenizer = match &spec.tokenizer_from {
@@ -136,11 +115,16 @@ pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyErro
     let tensors = plan(&shape, tokenizer.n_vocab as u64);
 
     let mut w = GgufWriter::new();
+    let layout = spec.outtype;
     for (key, value) in metadata(spec.size, &shape, arch, tokenizer) {
         w.add_metadata(&key, value)?;
     }
+    // Last, as `bitnetd convert` adds it: a converted file is byte-identical.
+    if let Some((key, value)) = marker(layout) {
+        w.add_metadata(key, value)?;
+    }
     for t in &tensors {
-        w.add_tensor(&t.name, &t.dims, t.ggml_type())?;
+        w.add_tensor(&t.name, &t.dims, t.ggml_type(layout))?;
     }
 
     let io_err = |source| DummyError::Io {
@@ -151,13 +135,13 @@ pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyErro
 
     let data_bytes: u64 = tensors
         .iter()
-        .filter_map(|t| t.ggml_type().tensor_bytes(&t.dims))
+        .filter_map(|t| t.ggml_type(layout).tensor_bytes(&t.dims))
         .sum();
     let bar = progress_bar(data_bytes);
     let mut tick = |n| bar.inc(n);
     let seed = spec.seed;
     w.write(out.file(), |i, sink| {
-        tensors::write_tensor(&tensors[i], seed, sink, &mut tick)
+        tensors::write_tensor(&tensors[i], seed, layout, sink, &mut tick)
     })
     .map_err(io_err)?;
     bar.finish_and_clear();
@@ -227,15 +211,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_i2s_is_accepted_and_tl1_is_explained() {
-        assert_eq!("i2_s".parse::<OutType>().unwrap(), OutType::I2S);
-        assert_eq!("I2_S".parse::<OutType>().unwrap(), OutType::I2S);
-        let msg = "tl1".parse::<OutType>().unwrap_err().to_string();
-        assert!(msg.contains("kernels milestone"), "{msg}");
-        assert!("f16".parse::<OutType>().is_err());
-    }
-
-    #[test]
     fn size_of_2b4t_matches_bitnet_cpp_data_layout() {
         // Tensor data of a 2B-4T shape with GPT-2's 50257 tokens, as bitnet.cpp lays it out:
         // F16 embedding, F32 norms, I2_S projections (n/4 + 32 bytes), each 32-aligned.
@@ -244,7 +219,7 @@ mod tests {
         let data: u64 = tensors
             .iter()
             .map(|t| {
-                t.ggml_type()
+                t.ggml_type(Layout::I2s)
                     .tensor_bytes(&t.dims)
                     .unwrap()
                     .next_multiple_of(32)

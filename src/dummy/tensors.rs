@@ -3,20 +3,21 @@
 
 use std::io::{self, Write};
 
+use bitnet_kernels::I2sMatrix;
+use bitnet_kernels::dispatch::Layout;
 use bitnet_kernels::layout::{I2S_BLOCK, encode_i2s_into, i2s_code_bytes};
+use bitnet_kernels::tl1::{TL1_GROUP, tl1_bytes, tl1_pack_into};
 use half::f16;
 
 use super::presets::Shape;
 use crate::gguf::GgmlType;
 use crate::rng::Rng;
+use crate::weight_layout::{TERNARY_TAIL, tensor_type};
 
-/// Weights per generated chunk: bounds memory for any model size (a multiple of the
-/// I2_S block, so chunks pack independently).
+/// Weights per generated chunk: bounds memory for any model size.
 const CHUNK: usize = 1 << 20;
 /// Probability that a ternary weight is 0 (as in the reference tiny model).
 pub const P_ZERO: f64 = 0.35;
-/// I2_S tail after the codes: the f32 scale, then zeros up to 32 bytes.
-const I2S_TAIL: usize = 32;
 
 /// How a tensor's values are drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,7 +26,7 @@ pub enum Init {
     Normal { std: f32 },
     /// U(0.8, 1.2), stored as F32 (norm weights).
     NormWeight,
-    /// Ternary {-scale, 0, +scale}, stored as I2_S.
+    /// Ternary {-scale, 0, +scale}, stored as I2_S or TL1.
     Ternary { scale: f32 },
 }
 
@@ -38,11 +39,12 @@ pub struct PlannedTensor {
 }
 
 impl PlannedTensor {
-    pub fn ggml_type(&self) -> GgmlType {
+    /// The stored type, with ternary weights in `layout`.
+    pub fn ggml_type(&self, layout: Layout) -> GgmlType {
         match self.init {
             Init::Normal { .. } => GgmlType::F16,
             Init::NormWeight => GgmlType::F32,
-            Init::Ternary { .. } => GgmlType::I2S,
+            Init::Ternary { .. } => tensor_type(layout),
         }
     }
 
@@ -135,10 +137,12 @@ impl TernarySampler {
     }
 }
 
-/// Writes tensor `t`'s bytes to `out`, calling `progress` with each chunk's size.
+/// Writes tensor `t`'s bytes to `out` (ternary weights in `layout`), calling
+/// `progress` with each chunk's size. The weights are the same in both layouts.
 pub fn write_tensor(
     t: &PlannedTensor,
     seed: u64,
+    layout: Layout,
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
@@ -150,19 +154,38 @@ pub fn write_tensor(
     };
     match t.init {
         Init::Ternary { scale } => {
-            debug_assert_eq!(n % I2S_BLOCK, 0);
+            // Whole rows per chunk (whole TL1 groups), drawn in the same order for
+            // either layout.
+            let cols = t.dims[0] as usize;
+            debug_assert_eq!(cols % I2S_BLOCK, 0);
+            let chunk_rows = (CHUNK / cols / TL1_GROUP).max(1) * TL1_GROUP;
+            let rows = n / cols;
             let mut sampler = TernarySampler::new(seed, &t.name);
-            let mut weights = vec![0i8; CHUNK.min(n)];
+            let mut weights = vec![0i8; chunk_rows.min(rows) * cols];
             let mut codes = vec![0u8; i2s_code_bytes(weights.len())];
-            for start in (0..n).step_by(CHUNK) {
-                let len = CHUNK.min(n - start);
-                sampler.fill(&mut weights[..len]);
-                let codes = &mut codes[..i2s_code_bytes(len)];
-                encode_i2s_into(&weights[..len], codes)
+            let mut packed = Vec::new();
+            for start in (0..rows).step_by(chunk_rows) {
+                let r = chunk_rows.min(rows - start);
+                let (weights, codes) = (&mut weights[..r * cols], &mut codes[..r * cols / 4]);
+                sampler.fill(weights);
+                encode_i2s_into(weights, codes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                emit(codes)?;
+                match layout {
+                    Layout::I2s => emit(codes)?,
+                    Layout::Tl1 => {
+                        packed.resize(tl1_bytes(r, cols), 0);
+                        let m = I2sMatrix {
+                            codes,
+                            rows: r,
+                            cols,
+                            scale,
+                        };
+                        tl1_pack_into(&m, &mut packed);
+                        emit(&packed)?;
+                    }
+                }
             }
-            let mut tail = [0u8; I2S_TAIL];
+            let mut tail = [0u8; TERNARY_TAIL];
             tail[..4].copy_from_slice(&scale.to_le_bytes());
             emit(&tail)
         }

@@ -3,6 +3,7 @@
 //! checked against the bytes actually present before it is used.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 use super::storage::Storage;
@@ -146,6 +147,12 @@ impl Gguf {
     /// The whole file (for checksums and repacking).
     pub fn bytes(&self) -> &[u8] {
         self.storage.bytes()
+    }
+
+    /// Gives back the memory of a mapped byte range that will not be read again (see
+    /// `Storage::release`); a no-op for a file held in memory.
+    pub fn release(&self, range: Range<usize>) {
+        self.storage.release(range)
     }
 }
 

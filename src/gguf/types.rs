@@ -20,7 +20,16 @@ pub enum GgmlType {
     TL1,
     /// bitnet.cpp's x86 lookup-table layout (code-generated per shape).
     TL2,
+    /// bitnetd's own TL1 layout (`kernels/src/tl1.rs`), not a ggml type: rows padded
+    /// to groups of 16, `cols / 4` bytes each, then the 32-byte I2_S tail (f32 scale
+    /// first). Its id is far outside ggml's range, so ggml-based readers refuse such
+    /// a tensor instead of misreading it.
+    Tl1Bitnetd,
 }
+
+/// The id of [`GgmlType::Tl1Bitnetd`]: the bytes "TL1" and the layout version 1, so
+/// that a hex dump of the tensor info shows `54 4c 31 01`.
+const TL1_BITNETD_ID: u32 = u32::from_le_bytes(*b"TL1\x01");
 
 impl GgmlType {
     pub fn from_id(id: u32) -> Option<Self> {
@@ -33,6 +42,7 @@ impl GgmlType {
             36 => Self::I2S,
             38 => Self::TL1,
             39 => Self::TL2,
+            TL1_BITNETD_ID => Self::Tl1Bitnetd,
             _ => return None,
         })
     }
@@ -47,6 +57,7 @@ impl GgmlType {
             Self::I2S => 36,
             Self::TL1 => 38,
             Self::TL2 => 39,
+            Self::Tl1Bitnetd => TL1_BITNETD_ID,
         }
     }
 
@@ -60,6 +71,7 @@ impl GgmlType {
             Self::I2S => "I2_S",
             Self::TL1 => "TL1",
             Self::TL2 => "TL2",
+            Self::Tl1Bitnetd => "TL1_BITNETD",
         }
     }
 
@@ -89,6 +101,13 @@ impl GgmlType {
             }
             // ggml_nbytes for the BitNet types (bitnet.cpp's llama.cpp fork).
             Self::I2S | Self::TL1 => (n / 4).checked_add(32),
+            Self::Tl1Bitnetd => {
+                if ne0 % 4 != 0 {
+                    return None;
+                }
+                let rows = (n / ne0).checked_next_multiple_of(16)?;
+                rows.checked_mul(ne0 / 4)?.checked_add(32)
+            }
             Self::TL2 => {
                 let (k, m) = (ne0, n / ne0.max(1));
                 let three = k.checked_sub(256)?.checked_mul(m)? / 3 * 5 / 8;
@@ -114,11 +133,12 @@ mod tests {
 
     #[test]
     fn ids_round_trip() {
-        for id in 0..64 {
+        for id in (0..64).chain([TL1_BITNETD_ID]) {
             if let Some(t) = GgmlType::from_id(id) {
                 assert_eq!(t.id(), id);
             }
         }
+        assert_eq!(TL1_BITNETD_ID, 0x0131_4c54);
     }
 
     #[test]
@@ -134,5 +154,10 @@ mod tests {
         assert_eq!(GgmlType::Q8_0.tensor_bytes(&[64, 3]), Some(2 * 3 * 34));
         assert_eq!(GgmlType::Q8_0.tensor_bytes(&[65, 3]), None);
         assert_eq!(GgmlType::F32.tensor_bytes(&[u64::MAX, 2]), None);
+        // Ours: rows rounded up to 16, then the I2_S tail.
+        let tl1 = GgmlType::Tl1Bitnetd;
+        assert_eq!(tl1.tensor_bytes(&[2560, 640]), Some(2560 * 640 / 4 + 32));
+        assert_eq!(tl1.tensor_bytes(&[128, 17]), Some(32 * 32 + 32));
+        assert_eq!(tl1.tensor_bytes(&[130, 16]), None);
     }
 }

@@ -118,8 +118,9 @@ impl Session {
         Session {
             n_ctx,
             n_past: 0,
-            k_cache: vec![f16::ZERO; cache],
-            v_cache: vec![f16::ZERO; cache],
+            // Zeroed by the allocator: pages are only resident once tokens reach them.
+            k_cache: bytemuck::zeroed_vec(cache),
+            v_cache: bytemuck::zeroed_vec(cache),
             buf: Buffers::default(),
         }
     }

@@ -11,9 +11,8 @@ pub use forward::{Logits, Session};
 pub use hparams::{Arch, HParams};
 pub use weights::{Embedding, Layer, Ternary, Weights};
 
-use bitnet_kernels::dispatch::{Kernel, Layout};
+use bitnet_kernels::dispatch::Kernel;
 use bitnet_kernels::q8::Q8Matrix;
-use bitnet_kernels::tl1::tl1_pack;
 
 use crate::compute::Pool;
 use crate::gguf::{GgmlType, Gguf, GgufError};
@@ -144,13 +143,34 @@ impl Model {
     }
 
     /// Computes with `kernel` from now on, repacking the weights when its layout is
-    /// not the file's.
+    /// not the file's. The file's copy of repacked weights is released tensor by
+    /// tensor, so that the two copies are never resident together.
     pub fn set_kernel(&mut self, kernel: Kernel) {
+        let start = std::time::Instant::now();
+        let layout = kernel.layout();
         let file = self.gguf.bytes();
+        let mut unused = Vec::new();
         for layer in &mut self.weights.layers {
             for t in layer.ternaries_mut() {
-                t.tl1 = (kernel.layout() == Layout::Tl1).then(|| tl1_pack(&t.view(file)));
+                if let Some(range) = t.use_layout(layout, file) {
+                    self.gguf.release(range.clone());
+                    unused.push(range);
+                }
             }
+        }
+        // Reading a tensor also maps the pages around it (the kernel's fault-around),
+        // which brings back the end of the tensor released before it: sweep again.
+        for range in &unused {
+            self.gguf.release(range.clone());
+        }
+        let (n, bytes) = (unused.len(), unused.iter().map(|r| r.len()).sum::<usize>());
+        if n > 0 {
+            log::info!(
+                "repacked {n} ternary tensors ({:.1} MB) for {} in {:.2} s",
+                bytes as f64 / 1e6,
+                kernel.name(),
+                start.elapsed().as_secs_f64()
+            );
         }
         self.kernel = kernel;
     }

@@ -4,44 +4,74 @@
 use std::ops::Range;
 
 use bitnet_kernels::I2sMatrix;
-use bitnet_kernels::dispatch::Packed;
+use bitnet_kernels::dispatch::{Layout, Packed};
 use bitnet_kernels::layout::I2S_BLOCK;
-use bitnet_kernels::tl1::Tl1Matrix;
+use bitnet_kernels::tl1::{Tl1Matrix, tl1_bytes, tl1_pack, tl1_unpack_into};
 
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::weight_layout::{self, check_tensor, declared_layout};
 
 use super::ModelError;
 use super::hparams::{Arch, HParams};
 
-/// A ternary matrix in the file: where its codes are, its shape and its scale.
+/// A ternary matrix: where its weights are in the file and in which layout, its shape
+/// and scale, and a copy in the other layout when the kernel reads that one.
 #[derive(Debug, Clone)]
 pub struct Ternary {
-    pub codes: Range<usize>,
+    /// The weights' bytes in the file (without the tail that holds the scale).
+    pub bytes: Range<usize>,
+    /// The layout of those bytes.
+    pub layout: Layout,
     pub rows: usize,
     pub cols: usize,
     pub scale: f32,
     /// The old `bitnet` arch's optional per-tensor output multiplier.
     pub out_scale: Option<f32>,
-    /// The weights repacked for a TL1 kernel (then the file's I2_S bytes go unused).
-    pub tl1: Option<Tl1Matrix>,
+    /// The weights repacked at load for a kernel that reads the other layout; the
+    /// file's bytes are then not read again.
+    pub repacked: Option<(Layout, Vec<u8>)>,
 }
 
 impl Ternary {
-    /// The weights in the layout `kernel` reads.
+    /// The weights in the layout the kernel reads (see [`Ternary::use_layout`]).
     pub fn packed<'a>(&'a self, file: &'a [u8]) -> Packed<'a> {
-        match &self.tl1 {
-            Some(t) => Packed::Tl1(t),
-            None => Packed::I2s(self.view(file)),
+        let (layout, bytes) = match &self.repacked {
+            Some((layout, bytes)) => (*layout, bytes.as_slice()),
+            None => (self.layout, &file[self.bytes.clone()]),
+        };
+        let (rows, cols, scale) = (self.rows, self.cols, self.scale);
+        match layout {
+            Layout::I2s => Packed::I2s(I2sMatrix {
+                codes: bytes,
+                rows,
+                cols,
+                scale,
+            }),
+            Layout::Tl1 => Packed::Tl1(Tl1Matrix::from_bytes(bytes, rows, cols, scale)),
         }
     }
 
-    pub fn view<'a>(&self, file: &'a [u8]) -> I2sMatrix<'a> {
-        I2sMatrix {
-            codes: &file[self.codes.clone()],
-            rows: self.rows,
-            cols: self.cols,
-            scale: self.scale,
+    /// Makes [`Ternary::packed`] give `layout`: the file's bytes when they are in it,
+    /// otherwise a copy repacked from them. Returns the file range that is no longer
+    /// read, for the caller to release.
+    pub fn use_layout(&mut self, layout: Layout, file: &[u8]) -> Option<Range<usize>> {
+        if layout == self.layout {
+            self.repacked = None;
+            return None;
         }
+        if self.repacked.is_some() {
+            return None;
+        }
+        let bytes = match self.packed(file) {
+            Packed::I2s(m) => tl1_pack(&m).into_bytes(),
+            Packed::Tl1(m) => {
+                let mut codes = vec![0; self.rows * self.cols / 4];
+                tl1_unpack_into(&m, &mut codes);
+                codes
+            }
+        };
+        self.repacked = Some((layout, bytes));
+        Some(self.bytes.clone())
     }
 }
 
@@ -120,6 +150,10 @@ impl Weights {
                 out.name
             );
         }
+        let layout = declared_layout(g).map_err(|problem| ModelError::Metadata {
+            key: weight_layout::LAYOUT_KEY.into(),
+            problem,
+        })?;
         let mut layers = Vec::with_capacity(hp.n_layer);
         for l in 0..hp.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
@@ -130,7 +164,7 @@ impl Weights {
                     Ok(None)
                 }
             };
-            let lin = |s: &str, cols: u64, rows: u64| ternary(g, hp, &name(s), cols, rows);
+            let lin = |s: &str, cols: u64, rows: u64| ternary(g, hp, layout, &name(s), cols, rows);
             layers.push(Layer {
                 attn_norm: norm(g, &name("attn_norm.weight"), d)?,
                 wq: lin("attn_q", d, d)?,
@@ -198,11 +232,12 @@ fn norm(g: &Gguf, name: &str, n: u64) -> Result<Vec<f32>, ModelError> {
     f32_values(g, tensor(g, name, &[n])?)
 }
 
-/// Binds `<name>.weight` as a ternary matrix of `rows` outputs over `cols` inputs, and
-/// the old arch's optional `<name>.scale`.
+/// Binds `<name>.weight` as a ternary matrix of `rows` outputs over `cols` inputs in
+/// the file's `layout`, and the old arch's optional `<name>.scale`.
 fn ternary(
     g: &Gguf,
     hp: &HParams,
+    layout: Layout,
     name: &str,
     cols: u64,
     rows: u64,
@@ -210,11 +245,14 @@ fn ternary(
     let wname = format!("{name}.weight");
     let t = tensor(g, &wname, &[cols, rows])?;
     match t.ggml_type {
-        GgmlType::I2S => {}
+        GgmlType::I2S | GgmlType::Tl1Bitnetd => {
+            check_tensor(&wname, t.ggml_type, layout).map_err(ModelError::Unsupported)?
+        }
         GgmlType::TL1 | GgmlType::TL2 => {
             return Err(ModelError::Unsupported(format!(
                 "{wname} is {}: bitnet.cpp's lookup-table files are generated per model shape and \
-                 are not read yet; use the model's I2_S GGUF (ggml-model-i2_s.gguf)",
+                 are not read; use the model's I2_S GGUF (ggml-model-i2_s.gguf), or turn that into \
+                 bitnetd's own TL1 layout with `bitnetd convert --to tl1`",
                 t.ggml_type
             )));
         }
@@ -222,7 +260,7 @@ fn ternary(
             return Err(ModelError::TensorType {
                 name: wname,
                 found: other,
-                expected: "I2_S",
+                expected: "I2_S or TL1_BITNETD",
             });
         }
     }
@@ -231,13 +269,23 @@ fn ternary(
             "{wname}: {cols} inputs per row is not a multiple of the I2_S block of {I2S_BLOCK}"
         )));
     }
-    let n = (cols * rows) as usize;
+    let (rows, cols) = (rows as usize, cols as usize);
+    let weight_bytes = match layout {
+        Layout::I2s => rows * cols / 4,
+        Layout::Tl1 => tl1_bytes(rows, cols),
+    };
+    // The reader sized the tensor from its type and shape: weights, then the tail.
+    debug_assert_eq!(t.size as usize, weight_bytes + weight_layout::TERNARY_TAIL);
     let data = g.tensor_data(t);
-    let scale = f32::from_le_bytes(data[n / 4..n / 4 + 4].try_into().expect("4 bytes"));
+    let scale = f32::from_le_bytes(
+        data[weight_bytes..weight_bytes + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
     if !scale.is_finite() || scale < 0.0 {
         return Err(ModelError::BadValue {
             name: wname,
-            offset: t.offset + n as u64 / 4,
+            offset: t.offset + weight_bytes as u64,
             problem: format!("weight scale is {scale}"),
         });
     }
@@ -248,12 +296,14 @@ fn ternary(
         },
         Arch::BitnetB158 => None,
     };
+    let start = t.offset as usize;
     Ok(Ternary {
-        codes: t.offset as usize..t.offset as usize + n / 4,
-        rows: rows as usize,
-        cols: cols as usize,
+        bytes: start..start + weight_bytes,
+        layout,
+        rows,
+        cols,
         scale,
         out_scale,
-        tl1: None,
+        repacked: None,
     })
 }
