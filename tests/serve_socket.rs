@@ -41,7 +41,19 @@ fn a_request_streams_tokens_then_a_final_event() {
     let e = c.event();
     assert_eq!(e["done"], true, "{e}");
     assert_eq!(e["text"], done["text"]);
-    assert!(d.log().contains("request r2 via socket"), "{}", d.log());
+    // One log line per request, with its counts, timings and finish.
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("request r2 via socket: "));
+    let line = line.unwrap_or_else(|| panic!("{log}"));
+    for part in [
+        "prompt tokens",
+        "completion tokens",
+        "ttft",
+        "tokens/s",
+        "finish ",
+    ] {
+        assert!(line.contains(part), "{line}");
+    }
 
     c.send(&json!({"cmd": "status"}));
     let s = c.event();
