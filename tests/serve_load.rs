@@ -162,3 +162,27 @@ fn memory_stays_flat_over_a_thousand_requests() {
     );
     assert_eq!(d.status()["requests"], (50 + REQUESTS) as u64);
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_stalls_only_itself() {
+    let d = Daemon::start("");
+    let idle = d.rss_kb();
+    // 100,000 status commands (1.7 MB in, some 35 MB of replies out), never read.
+    let mut flood = d.connect();
+    flood
+        .writer
+        .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let chunk = b"{\"cmd\":\"status\"}\n".repeat(1000);
+    let mut sent = 0;
+    while sent < 100_000 && flood.writer.write_all(&chunk).is_ok() {
+        sent += 1000;
+    }
+    // The daemon stopped reading once the replies had nowhere to go.
+    assert!(sent < 100_000, "the daemon took every line");
+    let mut c = d.connect();
+    c.send(&request("other", "Hi", 2));
+    assert_eq!(c.finish("other").1["done"], true);
+    let rss = d.rss_kb();
+    assert!(rss < idle + 10_000, "RSS {idle} kB idle, {rss} kB now");
+}
