@@ -46,6 +46,8 @@ pub struct Config {
     pub ctx_size: usize,
     /// The system prompt of requests that give none (empty: no system message).
     pub system_prompt: String,
+    /// Reuse the KV state of a prompt prefix shared with the previous request.
+    pub prefix_cache: bool,
     /// The Unix socket transport.
     pub socket: SocketConfig,
     /// Sizes and times that bound what one client can make the daemon do.
@@ -62,6 +64,7 @@ impl Default for Config {
             kernel: "auto".into(),
             ctx_size: 2048,
             system_prompt: String::new(),
+            prefix_cache: true,
             socket: SocketConfig::default(),
             limits: Limits::default(),
             sampling: Sampling::default(),

@@ -2,175 +2,14 @@
 //! socket in a temporary directory.
 
 mod common;
+mod daemon;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use daemon::{Client, Daemon, PATIENCE, long_request, request};
 use serde_json::{Value, json};
-
-/// Every wait in these tests gives up after this long (the tests never measure speed).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A running `bitnetd serve`, killed on drop.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    /// systemd's end of NOTIFY_SOCKET.
-    notify: UnixDatagram,
-}
-
-impl Daemon {
-    /// Starts the daemon with `extra` appended to its config and waits for READY=1.
-    fn start(extra: &str) -> Daemon {
-        Self::start_with(extra, &[])
-    }
-
-    /// As `start`, with extra environment variables.
-    fn start_with(extra: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("bitnetd.sock");
-        let config = dir.path().join("bitnetd.toml");
-        let model = common::reference("tiny-i2_s.gguf");
-        std::fs::write(
-            &config,
-            format!(
-                "model = {:?}\nctx_size = 1024\n[socket]\npath = {:?}\n{extra}",
-                model.display().to_string(),
-                socket.display().to_string()
-            ),
-        )
-        .unwrap();
-        let notify_path = dir.path().join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(PATIENCE)).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            dir,
-            socket,
-            notify,
-        };
-        let ready = d.notification();
-        assert!(ready.contains("READY=1"), "{ready}");
-        assert!(ready.contains("STATUS=serving tiny-i2_s.gguf"), "{ready}");
-        // The transport is open before READY.
-        assert!(d.socket.exists());
-        d
-    }
-
-    fn notification(&self) -> String {
-        let mut buf = [0u8; 4096];
-        let n = self
-            .notify
-            .recv(&mut buf)
-            .expect("a notification from the daemon");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn connect(&self) -> Client {
-        Client::new(&self.socket)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap()
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the daemon to exit; None if it is still running after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One socket connection.
-struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Client {
-    fn new(path: &Path) -> Client {
-        let stream = UnixStream::connect(path).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn send(&mut self, v: &Value) {
-        self.send_raw(format!("{v}\n").as_bytes());
-    }
-
-    fn event(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("an event in time");
-        assert!(n > 0, "the daemon closed the connection");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
-
-    /// Reads `id`'s events up to its final one; returns the streamed text and the final event.
-    fn finish(&mut self, id: &str) -> (String, Value) {
-        let mut text = String::new();
-        loop {
-            let e = self.event();
-            assert_eq!(e["id"], id, "{e}");
-            if let Some(t) = e["token"].as_str() {
-                text.push_str(t);
-            } else {
-                return (text, e);
-            }
-        }
-    }
-}
-
-fn request(id: &str, prompt: &str, max_tokens: usize) -> Value {
-    json!({"id": id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0})
-}
-
-/// Greedy requests long enough to still be running when the test acts on them.
-fn long_request(id: &str) -> Value {
-    request(id, "Tell me a long story about the sea", 500)
-}
 
 #[test]
 fn a_request_streams_tokens_then_a_final_event() {
@@ -202,7 +41,19 @@ fn a_request_streams_tokens_then_a_final_event() {
     let e = c.event();
     assert_eq!(e["done"], true, "{e}");
     assert_eq!(e["text"], done["text"]);
-    assert!(d.log().contains("request r2 via socket"), "{}", d.log());
+    // One log line per request, with its counts, timings and finish.
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("request r2 via socket: "));
+    let line = line.unwrap_or_else(|| panic!("{log}"));
+    for part in [
+        "prompt tokens",
+        "completion tokens",
+        "ttft",
+        "tokens/s",
+        "finish ",
+    ] {
+        assert!(line.contains(part), "{line}");
+    }
 
     c.send(&json!({"cmd": "status"}));
     let s = c.event();
@@ -317,82 +168,6 @@ fn a_client_gone_mid_stream_cancels_its_request() {
     let mut c = d.connect();
     c.send(&request("next", "Hi", 2));
     assert_eq!(c.finish("next").1["done"], true);
-}
-
-#[test]
-fn malformed_input_gets_errors_while_a_valid_request_completes() {
-    let d = Daemon::start("[limits]\nmax_line_bytes = 1024\nmax_prompt_tokens = 64\n");
-    let mut valid = d.connect();
-    valid.send(&request("ok", "A fine request", 20));
-
-    let mut bad = d.connect();
-    let cases: Vec<(Vec<u8>, &str, Option<&str>)> = vec![
-        (b"{not json\n".to_vec(), "bad_request", None),
-        (b"[1, 2, 3]\n".to_vec(), "bad_request", None),
-        (b"\"just a string\"\n".to_vec(), "bad_request", None),
-        (
-            b"{\"id\":\"u\",\"prompt\":\"x\",\"colour\":\"red\"}\n".to_vec(),
-            "bad_request",
-            Some("u"),
-        ),
-        (
-            b"{\"id\":\"t\",\"prompt\":42}\n".to_vec(),
-            "bad_request",
-            Some("t"),
-        ),
-        (
-            b"{\"id\":\"m\",\"prompt\":\"x\",\"max_tokens\":-1}\n".to_vec(),
-            "bad_request",
-            Some("m"),
-        ),
-        (
-            b"{\"id\":\"p\",\"prompt\":\"x\",\"top_p\":7}\n".to_vec(),
-            "bad_request",
-            Some("p"),
-        ),
-        (b"{\"id\":\"n\"}\n".to_vec(), "bad_request", Some("n")),
-        (
-            b"{\"id\":\"b\",\"prompt\":\"x\",\"messages\":[]}\n".to_vec(),
-            "bad_request",
-            Some("b"),
-        ),
-        (
-            b"{\"id\":\"r\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n".to_vec(),
-            "bad_request",
-            Some("r"),
-        ),
-        (b"{\"id\":\"\xff\xfe\"}\n".to_vec(), "bad_request", None),
-        (b"{\"cmd\":\"reboot\"}\n".to_vec(), "bad_request", None),
-        (
-            format!("{{\"id\":\"l\",\"prompt\":\"{}\"}}\n", "a".repeat(5000)).into_bytes(),
-            "too_long",
-            None,
-        ),
-        (
-            format!(
-                "{{\"id\":\"big\",\"prompt\":\"{}\"}}\n",
-                "word ".repeat(150)
-            )
-            .into_bytes(),
-            "too_long",
-            Some("big"),
-        ),
-    ];
-    for (line, code, id) in &cases {
-        bad.send_raw(b"\n"); // blank lines are ignored
-        bad.send_raw(line);
-        let e = bad.event();
-        assert_eq!(e["error"]["code"], *code, "{e} for {line:?}");
-        assert!(!e["error"]["message"].as_str().unwrap().is_empty());
-        if let Some(id) = id {
-            assert_eq!(e["id"], *id, "{e}");
-        }
-    }
-    // The same connection still serves a valid request, and so did the other one.
-    bad.send(&request("after", "Hi", 2));
-    assert_eq!(bad.finish("after").1["done"], true);
-    let (_, done) = valid.finish("ok");
-    assert_eq!(done["done"], true, "{done}");
 }
 
 #[test]
@@ -518,4 +293,42 @@ fn the_watchdog_is_pinged_while_the_engine_lives() {
     assert_eq!(c.finish("w").1["done"], true);
     let got = d.notification();
     assert!(got.contains("WATCHDOG=1"), "{got}");
+}
+
+#[test]
+fn the_prefix_cache_can_be_turned_off_and_changes_no_output() {
+    let system = "You are a helpful assistant who answers in a few words. ".repeat(8);
+    let serve = |prefix_cache: bool| {
+        let d = Daemon::start(&format!(
+            "system_prompt = {system:?}\nprefix_cache = {prefix_cache}\n"
+        ));
+        let mut c = d.connect();
+        let texts: Vec<Value> = ["Hi", "What is the sea?"]
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let id = format!("p{i}");
+                c.send(&request(&id, prompt, 6));
+                c.finish(&id).1["text"].clone()
+            })
+            .collect();
+        (texts, d.log())
+    };
+    // "request ID via socket: N prompt tokens (R reused), ..." gives R.
+    let reused = |log: &str, id: &str| -> usize {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("request {id} via socket")))
+            .unwrap_or_else(|| panic!("no log line for {id}: {log}"));
+        let (_, rest) = line.split_once(" prompt tokens (").unwrap();
+        rest.split_once(" reused)").unwrap().0.parse().unwrap()
+    };
+    let (with, log_with) = serve(true);
+    let (without, log_without) = serve(false);
+    assert_eq!(with, without);
+    // The system prompt was evaluated at boot, so even the first request reuses it.
+    for id in ["p0", "p1"] {
+        assert!(reused(&log_with, id) > 50, "{log_with}");
+        assert_eq!(reused(&log_without, id), 0, "{log_without}");
+    }
 }

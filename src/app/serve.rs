@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Compute threads (overrides `threads`).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    /// Evaluate every prompt from its start (sets `prefix_cache = false`).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 /// The config file, then the flags on top; validated again after the overrides.
@@ -46,6 +49,9 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(t) = args.threads {
         config.threads = t;
+    }
+    if args.no_prefix_cache {
+        config.prefix_cache = false;
     }
     config.validate()?;
     Ok(config)
@@ -89,6 +95,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         // The reply needs at least one position.
         max_prompt_tokens: config.limits.max_prompt_tokens.min(n_ctx.saturating_sub(1)),
         timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+        prefix_cache: config.prefix_cache,
         stats: Arc::new(Stats::new()),
     };
     server::run(config, info, worker).context("serving")

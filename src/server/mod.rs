@@ -45,7 +45,10 @@ pub struct ServerInfo {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `worker` holds the loaded model.
-pub fn run(config: Config, info: ServerInfo, worker: Worker) -> anyhow::Result<()> {
+pub fn run(config: Config, info: ServerInfo, mut worker: Worker) -> anyhow::Result<()> {
+    worker
+        .warm_up(&config.system_prompt)
+        .context("a first forward pass")?;
     let config = Arc::new(config);
     let stats = worker.stats.clone();
     let (queue, queue_rx) = queue::queue(config.limits.queue_depth, stats.clone());

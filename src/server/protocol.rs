@@ -27,8 +27,7 @@ pub enum Incoming {
     Command(Command, Option<String>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Status,
     Health,
@@ -53,8 +52,12 @@ struct WireRequest {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"a message {"role": ..., "content": ...}"#
+)]
 struct WireMessage {
+    /// A string, so that a wrong type gets serde's clear "invalid type" message.
     role: String,
     content: String,
 }
@@ -68,7 +71,8 @@ struct WireCancel {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireCommand {
-    cmd: Command,
+    /// A string, so that a wrong type gets serde's clear "invalid type" message.
+    cmd: String,
     id: Option<String>,
 }
 
@@ -111,46 +115,110 @@ impl Rejection {
 }
 
 /// Parses and validates one line (without its newline).
+///
+/// The line is read twice: once as a generic JSON value, to route it and to find the id to
+/// answer under even when the rest is wrong, then into the typed request, which also refuses
+/// duplicate keys (a generic value silently keeps the last) and names the bad field's path.
 pub fn parse_line(line: &[u8], config: &Config) -> Result<Incoming, Rejection> {
     let bad = |id: Option<String>, msg: String| Rejection::new(id, ErrorCode::BadRequest, msg);
-    let text = std::str::from_utf8(line)
-        .map_err(|e| bad(None, format!("the line is not valid UTF-8: {e}")))?;
+    let text = std::str::from_utf8(line).map_err(|e| {
+        // The id is still worth echoing when only, say, the prompt has a bad byte.
+        let id = readable_id(&String::from_utf8_lossy(line));
+        let at = e.valid_up_to();
+        bad(
+            id,
+            format!("the line is not valid UTF-8 (a bad byte at offset {at})"),
+        )
+    })?;
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(None, format!("invalid JSON: {e}")))?;
     let Some(object) = value.as_object() else {
-        return Err(bad(None, "a request must be a JSON object".into()));
+        let kind = json_kind(&value);
+        return Err(bad(
+            None,
+            format!("a request must be a JSON object, not {kind}"),
+        ));
     };
-    // Answer under the request's id whenever it has a readable one.
-    let id = object
-        .get("id")
-        .and_then(|v| v.as_str())
-        .map(|s| s.chars().take(MAX_ID_BYTES).collect::<String>());
+    let id = object.get("id").and_then(|v| v.as_str());
+    let id = id.filter(|id| check_id(id).is_ok()).map(str::to_owned);
     if object.contains_key("cmd") {
-        let c: WireCommand =
-            serde_json::from_value(value).map_err(|e| bad(id.clone(), e.to_string()))?;
-        return Ok(Incoming::Command(c.cmd, c.id));
+        let c: WireCommand = typed(text).map_err(|e| bad(id.clone(), e))?;
+        if let Some(id) = &c.id {
+            check_id(id).map_err(|e| bad(None, e))?;
+        }
+        let cmd = match c.cmd.as_str() {
+            "status" => Command::Status,
+            "health" => Command::Health,
+            other => {
+                let msg = format!("cmd {other:?} is unknown: it must be \"status\" or \"health\"");
+                return Err(bad(c.id, msg));
+            }
+        };
+        return Ok(Incoming::Command(cmd, c.id));
     }
     if object.contains_key("cancel") {
-        let c: WireCancel =
-            serde_json::from_value(value).map_err(|e| bad(id.clone(), e.to_string()))?;
+        let c: WireCancel = typed(text).map_err(|e| bad(id.clone(), e))?;
+        check_id(&c.cancel).map_err(|e| bad(None, format!("cancel: {e}")))?;
         return Ok(Incoming::Cancel(c.cancel));
     }
-    let wire: WireRequest =
-        serde_json::from_value(value).map_err(|e| bad(id.clone(), e.to_string()))?;
+    let wire: WireRequest = typed(text).map_err(|e| bad(id.clone(), e))?;
     validate(wire, config)
         .map(|r| Incoming::Generate(Box::new(r)))
         .map_err(|msg| bad(id, msg))
 }
 
-fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
-    if w.id.is_empty() || w.id.len() > MAX_ID_BYTES {
-        return Err(format!("id must have 1 to {MAX_ID_BYTES} bytes"));
+/// Deserializes `text` into `T`; the error starts with the path of the bad field.
+fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => e.into_inner().to_string(),
+            _ => format!("{path}: {}", e.into_inner()),
+        }
+    })
+}
+
+/// The id of a line that is JSON once its bad bytes are replaced, unless they were in the id.
+fn readable_id(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let id = value.get("id")?.as_str()?;
+    let intact = !id.contains(char::REPLACEMENT_CHARACTER);
+    (intact && check_id(id).is_ok()).then(|| id.to_owned())
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "id must have 1 to {MAX_ID_BYTES} bytes, not {}",
+            id.len()
+        ));
     }
-    let system = w.system.unwrap_or_else(|| config.system_prompt.clone());
+    Ok(())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value::*;
+    match v {
+        Null => "null",
+        Bool(_) => "a boolean",
+        Number(_) => "a number",
+        String(_) => "a string",
+        Array(_) => "an array",
+        Object(_) => "an object",
+    }
+}
+
+fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
+    check_id(&w.id)?;
     let messages = match (w.prompt, w.messages) {
         (Some(_), Some(_)) => return Err("give either prompt or messages, not both".into()),
         (None, None) => return Err("a request needs prompt or messages".into()),
         (Some(prompt), None) => {
+            if prompt.is_empty() {
+                return Err("prompt is empty".into());
+            }
+            let system = w.system.unwrap_or_else(|| config.system_prompt.clone());
             let mut m = Vec::new();
             if !system.is_empty() {
                 m.push(Message::new(Role::System, system));
@@ -159,27 +227,43 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
             m
         }
         (None, Some(wire)) => {
-            if wire.is_empty() {
-                return Err("messages must not be empty".into());
+            let roles = wire
+                .iter()
+                .enumerate()
+                .map(|(i, m)| match m.role.as_str() {
+                    "system" => Ok(Role::System),
+                    "user" => Ok(Role::User),
+                    "assistant" => Ok(Role::Assistant),
+                    other => Err(format!(
+                        "messages[{i}].role is {other:?}: it must be system, user or assistant"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !roles.contains(&Role::User) {
+                return Err("messages needs at least one user message".into());
             }
+            let has_system = roles.contains(&Role::System);
+            let system = match w.system {
+                Some(_) if has_system => {
+                    return Err(
+                        "give the system prompt either as system or as a system message, not both"
+                            .into(),
+                    );
+                }
+                Some(s) => s,
+                None if has_system => String::new(),
+                None => config.system_prompt.clone(),
+            };
             let mut m = Vec::with_capacity(wire.len() + 1);
-            let has_system = wire.iter().any(|w| w.role == "system");
-            if !has_system && !system.is_empty() {
+            if !system.is_empty() {
                 m.push(Message::new(Role::System, system));
             }
-            for (i, w) in wire.into_iter().enumerate() {
-                let role = match w.role.as_str() {
-                    "system" => Role::System,
-                    "user" => Role::User,
-                    "assistant" => Role::Assistant,
-                    other => {
-                        return Err(format!(
-                            "messages[{i}].role is {other:?}: it must be system, user or assistant"
-                        ));
-                    }
-                };
-                m.push(Message::new(role, w.content));
-            }
+            m.extend(
+                roles
+                    .into_iter()
+                    .zip(wire)
+                    .map(|(role, w)| Message::new(role, w.content)),
+            );
             m
         }
     };
@@ -202,13 +286,20 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
     };
     sampler.validate().map_err(|e| e.to_string())?;
     let stop = w.stop.unwrap_or_default();
-    if stop.len() > MAX_STOPS
-        || stop
-            .iter()
-            .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+    if stop.len() > MAX_STOPS {
+        return Err(format!(
+            "stop has {} strings; at most {MAX_STOPS} are allowed",
+            stop.len()
+        ));
+    }
+    if let Some((i, s)) = stop
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.is_empty() || s.len() > MAX_STOP_BYTES)
     {
         return Err(format!(
-            "stop takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_BYTES} bytes"
+            "stop[{i}] has {} bytes: it must have 1 to {MAX_STOP_BYTES}",
+            s.len()
         ));
     }
     Ok(GenRequest {
@@ -233,6 +324,18 @@ pub enum ErrorCode {
     Busy,
     TooLong,
     Internal,
+}
+
+impl ErrorCode {
+    /// The code as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Busy => "busy",
+            ErrorCode::TooLong => "too_long",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 /// Everything the daemon sends: each is one JSON line.
@@ -269,6 +372,11 @@ impl Event {
                 message: message.into(),
             },
         }
+    }
+
+    /// Whether this is the last event of its request (its final answer or its error).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Event::Done(_) | Event::Error { .. })
     }
 
     /// The event as one line, newline included.
@@ -389,8 +497,59 @@ mod tests {
         assert_eq!(rejected("{nope").id, None);
         let r = parse_line(b"{\"id\":\"\xff\"}", &Config::default()).unwrap_err();
         assert!(r.message.contains("UTF-8"), "{}", r.message);
+        assert_eq!(r.id, None);
         let r = rejected(r#"{"cmd":"reboot"}"#);
         assert!(r.message.contains("reboot"), "{}", r.message);
+    }
+
+    #[test]
+    fn the_id_survives_a_bad_byte_elsewhere() {
+        let r = parse_line(
+            b"{\"id\":\"r9\",\"prompt\":\"caf\xe9\"}",
+            &Config::default(),
+        );
+        let r = r.unwrap_err();
+        assert_eq!(r.id.as_deref(), Some("r9"));
+        assert!(r.message.contains("offset 24"), "{}", r.message);
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused() {
+        let r = rejected(r#"{"id":"d","prompt":"x","prompt":"y"}"#);
+        assert!(
+            r.message.contains("duplicate field `prompt`"),
+            "{}",
+            r.message
+        );
+        let r = rejected(
+            r#"{"id":"s","system":"a","messages":[{"role":"system","content":"b"},{"role":"user","content":"c"}]}"#,
+        );
+        assert!(r.message.contains("not both"), "{}", r.message);
+        let r = rejected(r#"{"id":"e","prompt":""}"#);
+        assert!(r.message.contains("empty"), "{}", r.message);
+    }
+
+    #[test]
+    fn the_system_prompt_comes_from_the_request_or_the_config() {
+        let config = Config {
+            system_prompt: "default".into(),
+            ..Config::default()
+        };
+        let messages = |line: &str| match parse_line(line.as_bytes(), &config).unwrap() {
+            Incoming::Generate(r) => r.messages,
+            other => panic!("{other:?}"),
+        };
+        let m = messages(r#"{"id":"a","prompt":"x"}"#);
+        assert_eq!(m[0], Message::new(Role::System, "default"));
+        let m = messages(r#"{"id":"a","prompt":"x","system":""}"#);
+        assert_eq!(m, [Message::new(Role::User, "x")]);
+        let m = messages(r#"{"id":"a","messages":[{"role":"user","content":"x"}],"system":"s"}"#);
+        assert_eq!(m[0], Message::new(Role::System, "s"));
+        let m = messages(
+            r#"{"id":"a","messages":[{"role":"system","content":"own"},{"role":"user","content":"x"}]}"#,
+        );
+        assert_eq!(m[0], Message::new(Role::System, "own"));
+        assert_eq!(m.len(), 2);
     }
 
     #[test]

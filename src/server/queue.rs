@@ -42,6 +42,11 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Whether both are the same request's token.
+    pub fn same_as(&self, other: &CancelToken) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// What the engine thread publishes for `status`, health and the watchdog.
@@ -143,8 +148,19 @@ impl Queue {
         // Counted before sending so that the engine's decrement never comes first.
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let result = self.tx.try_send(job);
-        if result.is_err() {
+        if let Err(e) = &result {
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let (TrySendError::Full(job) | TrySendError::Disconnected(job)) = e;
+            // The request's one log line: it never reaches the engine.
+            log::info!(
+                "request {} via {}: 0 prompt tokens, 0 completion tokens, finish error ({})",
+                job.request.id,
+                job.transport,
+                match e {
+                    TrySendError::Full(_) => "busy: the queue is full",
+                    TrySendError::Disconnected(_) => "internal: shutting down",
+                }
+            );
         }
         result.map_err(|e| match e {
             TrySendError::Full(job) => SubmitError::Full(Box::new(job)),

@@ -4,6 +4,8 @@
 //! the number of connections) and spawns one [`Handler`] per connection. A handler reads lines
 //! until EOF or shutdown; its writer task sends every event of the connection's requests.
 //! A failed write means the client is gone: its requests are cancelled within one token.
+//! The connection's event channel is bounded and the handler reads a line only when its reply
+//! has room, so a client that sends without reading stalls itself, not the daemon's memory.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use super::ServerInfo;
@@ -21,6 +24,9 @@ use super::protocol::{self, Command, ErrorCode, Event, Incoming, Status};
 use super::queue::{CancelToken, Job, Queue, SubmitError};
 use super::shutdown::Shutdown;
 use crate::config::Config;
+
+/// Events waiting to be written, per connection; beyond this, reading stops.
+const EVENTS_BUFFERED: usize = 64;
 
 /// The accept loop's state.
 pub struct Listener {
@@ -46,7 +52,7 @@ struct Handler {
     /// Lines from the client.
     reader: BufReader<OwnedReadHalf>,
     /// Where this connection's events go; the writer task writes them in order.
-    out: mpsc::UnboundedSender<Event>,
+    out: mpsc::Sender<Event>,
     /// This connection's requests still running or queued, by id: for `cancel`, and to
     /// cancel them all when the client goes away.
     in_flight: InFlight,
@@ -82,7 +88,7 @@ impl Listener {
                 .expect("the semaphore is never closed");
             let stream = self.accept().await?;
             let (read, write) = stream.into_split();
-            let (out, out_rx) = mpsc::unbounded_channel();
+            let (out, out_rx) = mpsc::channel(EVENTS_BUFFERED);
             let in_flight = InFlight::default();
             let writer = tokio::spawn(write_events(write, out_rx, in_flight.clone()));
             let mut handler = Handler {
@@ -128,6 +134,14 @@ impl Handler {
         let max = self.config.limits.max_line_bytes;
         let mut buf = Vec::new();
         while !self.shutdown.is_shutdown() {
+            // Each line gets at most one immediate reply: its room is taken before reading.
+            let reply = tokio::select! {
+                permit = self.out.clone().reserve_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return Ok(()), // the writer is gone: so is the client
+                },
+                _ = self.shutdown.recv() => return Ok(()),
+            };
             let line = tokio::select! {
                 line = read_line(&mut self.reader, &mut buf, max) => line?,
                 _ = self.shutdown.recv() => return Ok(()),
@@ -136,13 +150,14 @@ impl Handler {
                 Line::Eof => return Ok(()),
                 Line::TooLong => {
                     let msg = format!("the line is longer than {max} bytes");
-                    self.send(Event::error(None, ErrorCode::TooLong, msg));
+                    reply.send(Event::error(None, ErrorCode::TooLong, msg));
                 }
                 Line::Data => {
                     let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
+                    // Blank lines (keep-alives, a stray newline) are skipped without a reply.
                     if !line.iter().all(u8::is_ascii_whitespace) {
                         let line = line.to_vec();
-                        self.handle(&line);
+                        self.handle(&line, reply);
                     }
                 }
             }
@@ -150,31 +165,29 @@ impl Handler {
         Ok(())
     }
 
-    fn send(&self, event: Event) {
-        let _ = self.out.send(event);
-    }
-
-    fn handle(&mut self, line: &[u8]) {
+    fn handle(&mut self, line: &[u8], reply: OwnedPermit<Event>) {
         let incoming = match protocol::parse_line(line, &self.config) {
             Ok(i) => i,
-            Err(rejection) => return self.send(rejection.event()),
+            Err(rejection) => {
+                reply.send(rejection.event());
+                return;
+            }
         };
         match incoming {
-            Incoming::Generate(request) => self.submit(*request),
+            Incoming::Generate(request) => self.submit(*request, reply),
             Incoming::Cancel(id) => {
                 let token = self.in_flight.lock().unwrap().get(&id).cloned();
                 match token {
                     Some(t) => t.cancel(),
-                    None => self.send(Event::error(
-                        Some(id.clone()),
-                        ErrorCode::BadRequest,
-                        format!("no request {id:?} is in flight on this connection"),
-                    )),
+                    None => {
+                        let msg = format!("no request {id:?} is in flight on this connection");
+                        reply.send(Event::error(Some(id), ErrorCode::BadRequest, msg));
+                    }
                 }
             }
             Incoming::Command(Command::Status, id) => {
                 let status = self.status();
-                self.send(Event::Status { id, status });
+                reply.send(Event::Status { id, status });
             }
             Incoming::Command(Command::Health, id) => {
                 let stats = self.queue.stats();
@@ -183,16 +196,17 @@ impl Handler {
                 } else {
                     "stalled"
                 };
-                self.send(Event::Health { id, health });
+                reply.send(Event::Health { id, health });
             }
         }
     }
 
-    fn submit(&mut self, request: protocol::GenRequest) {
+    fn submit(&mut self, request: protocol::GenRequest, reply: OwnedPermit<Event>) {
         let id = request.id.clone();
         if self.in_flight.lock().unwrap().contains_key(&id) {
             let msg = format!("a request {id:?} is already in flight on this connection");
-            return self.send(Event::error(Some(id), ErrorCode::BadRequest, msg));
+            reply.send(Event::error(Some(id), ErrorCode::BadRequest, msg));
+            return;
         }
         let (events, mut events_rx) = mpsc::unbounded_channel();
         let cancel = CancelToken::default();
@@ -203,17 +217,18 @@ impl Handler {
             cancel: cancel.clone(),
             arrived: Instant::now(),
         };
-        self.in_flight.lock().unwrap().insert(id.clone(), cancel);
-        match self.queue.submit(job) {
-            Ok(()) => {}
-            Err(e) => {
-                self.in_flight.lock().unwrap().remove(&id);
-                let (code, msg) = match e {
-                    SubmitError::Full(_) => (ErrorCode::Busy, "the queue is full; try again later"),
-                    SubmitError::Closed(_) => (ErrorCode::Internal, "the daemon is shutting down"),
-                };
-                return self.send(Event::error(Some(id), code, msg));
-            }
+        self.in_flight
+            .lock()
+            .unwrap()
+            .insert(id.clone(), cancel.clone());
+        if let Err(e) = self.queue.submit(job) {
+            self.in_flight.lock().unwrap().remove(&id);
+            let (code, msg) = match e {
+                SubmitError::Full(_) => (ErrorCode::Busy, "the queue is full; try again later"),
+                SubmitError::Closed(_) => (ErrorCode::Internal, "the daemon is shutting down"),
+            };
+            reply.send(Event::error(Some(id), code, msg));
+            return;
         }
         // Forwards the job's events into the connection's stream; ends when the engine
         // drops the job (its last event sent) or when the writer is gone.
@@ -221,11 +236,15 @@ impl Handler {
         let in_flight = self.in_flight.clone();
         tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
-                if out.send(event).is_err() {
+                if event.is_final() {
+                    // Before the client sees it: it may reuse the id at once.
+                    forget(&in_flight, &id, &cancel);
+                }
+                if out.send(event).await.is_err() {
                     break;
                 }
             }
-            in_flight.lock().unwrap().remove(&id);
+            forget(&in_flight, &id, &cancel);
         });
     }
 
@@ -247,11 +266,20 @@ impl Handler {
     }
 }
 
+/// Removes a finished request from its connection's table, unless the id already names a
+/// newer request.
+fn forget(in_flight: &InFlight, id: &str, cancel: &CancelToken) {
+    let mut map = in_flight.lock().unwrap();
+    if map.get(id).is_some_and(|t| t.same_as(cancel)) {
+        map.remove(id);
+    }
+}
+
 /// Writes a connection's events until every sender is gone. If the client has gone away,
 /// its requests are cancelled and the channel is closed, which the engine also notices.
 async fn write_events(
     write: OwnedWriteHalf,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut events: mpsc::Receiver<Event>,
     in_flight: InFlight,
 ) {
     let mut write = BufWriter::new(write);

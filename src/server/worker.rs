@@ -26,11 +26,39 @@ pub struct Worker {
     pub max_prompt_tokens: usize,
     /// Requests older than this are cancelled (None: never).
     pub timeout: Option<Duration>,
+    /// Reuse the KV state of the prompt prefix shared with the previous request (off: every
+    /// prompt is evaluated from its first token; the output is the same either way).
+    pub prefix_cache: bool,
     /// Counters for `status` and the watchdog heartbeat.
     pub stats: Arc<Stats>,
 }
 
 impl Worker {
+    /// Evaluates the system prompt once before serving: every weight page is then resident
+    /// (the idle footprint is the working footprint, and a model that cannot run fails at
+    /// boot), and with the prefix cache the first request already finds its prefix.
+    pub fn warm_up(&mut self, system_prompt: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let text = match system_prompt {
+            "" => String::new(),
+            s => self.template.render_system(s),
+        };
+        let tokens = self.engine.tokenizer.encode(&text, true, true)?;
+        let params = GenParams {
+            max_tokens: 1,
+            sampler: Default::default(),
+            ignore_eos: true,
+        };
+        self.engine
+            .generate_reusing(&tokens, &params, |_| ControlFlow::Continue(()))?;
+        log::info!(
+            "warmed up on {} tokens in {:.0} ms",
+            tokens.len(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
+
     /// Serves jobs until every queue sender is gone.
     pub fn run(mut self, queue: QueueReceiver) {
         self.stats.beat();
@@ -80,18 +108,26 @@ impl Worker {
                 },
             })));
             log::info!(
-                "request {id} via {}: cancelled before it started",
+                "request {id} via {}: 0 prompt tokens, 0 completion tokens, \
+                 finish cancelled (before it started)",
                 job.transport
             );
             return;
         }
         let text = self.template.render(&job.request.messages, true);
+        // A request that fails gets its error and one log line naming it.
+        let fail = |prompt_tokens: usize, code: ErrorCode, message: String| {
+            log::info!(
+                "request {id} via {}: {prompt_tokens} prompt tokens, 0 completion tokens, \
+                 finish error ({}: {message})",
+                job.transport,
+                code.as_str()
+            );
+            send(Event::error(Some(id.clone()), code, message));
+        };
         let tokens = match self.engine.tokenizer.encode(&text, true, true) {
             Ok(t) => t,
-            Err(e) => {
-                send(Event::error(Some(id), ErrorCode::Internal, e.to_string()));
-                return;
-            }
+            Err(e) => return fail(0, ErrorCode::Internal, e.to_string()),
         };
         if tokens.len() > self.max_prompt_tokens {
             let message = format!(
@@ -99,8 +135,7 @@ impl Worker {
                 tokens.len(),
                 self.max_prompt_tokens
             );
-            send(Event::error(Some(id), ErrorCode::TooLong, message));
-            return;
+            return fail(tokens.len(), ErrorCode::TooLong, message);
         }
         let params = GenParams {
             max_tokens: job.request.max_tokens,
@@ -137,12 +172,17 @@ impl Worker {
             }
             ControlFlow::Continue(())
         };
-        let outcome = match self.engine.generate_reusing(&tokens, &params, on_step) {
+        let result = if self.prefix_cache {
+            self.engine.generate_reusing(&tokens, &params, on_step)
+        } else {
+            self.engine.reset();
+            self.engine.generate(&tokens, &params, on_step)
+        };
+        let outcome = match result {
             Ok(o) => o,
             Err(e) => {
                 self.engine.reset();
-                send(Event::error(Some(id), ErrorCode::Internal, e.to_string()));
-                return;
+                return fail(tokens.len(), ErrorCode::Internal, e.to_string());
             }
         };
         let (tail, _) = stops.finish();

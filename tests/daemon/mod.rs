@@ -1,0 +1,187 @@
+//! A running `bitnetd serve` (the built binary, the tiny reference model, a real Unix socket in
+//! a temporary directory) and a line-oriented client, shared by the serve_* tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Every wait in these tests gives up after this long (the tests never measure speed).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `bitnetd serve`, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// systemd's end of NOTIFY_SOCKET.
+    notify: UnixDatagram,
+}
+
+impl Daemon {
+    /// Starts the daemon with `extra` in its config (top-level keys first, then any tables
+    /// but `[socket]`) and waits for READY=1.
+    pub fn start(extra: &str) -> Daemon {
+        Self::start_with(extra, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub fn start_with(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bitnetd.sock");
+        let config = dir.path().join("bitnetd.toml");
+        let model = crate::common::reference("tiny-i2_s.gguf");
+        std::fs::write(
+            &config,
+            format!(
+                "model = {:?}\nctx_size = 1024\n{extra}\n[socket]\npath = {:?}\n",
+                model.display().to_string(),
+                socket.display().to_string()
+            ),
+        )
+        .unwrap();
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(PATIENCE)).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            dir,
+            socket,
+            notify,
+        };
+        let ready = d.notification();
+        assert!(ready.contains("READY=1"), "{ready}");
+        assert!(ready.contains("STATUS=serving tiny-i2_s.gguf"), "{ready}");
+        // The transport is open before READY.
+        assert!(d.socket.exists());
+        d
+    }
+
+    pub fn notification(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .notify
+            .recv(&mut buf)
+            .expect("a notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// The daemon's resident set size in kB (VmRSS of /proc/PID/status).
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// `{"cmd": "status"}` on a new connection.
+    pub fn status(&self) -> Value {
+        let mut c = self.connect();
+        c.send(&json!({"cmd": "status"}));
+        c.event()["status"].clone()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap()
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the daemon to exit; None if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One socket connection.
+pub struct Client {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+}
+
+impl Client {
+    pub fn new(path: &Path) -> Client {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        self.send_raw(format!("{v}\n").as_bytes());
+    }
+
+    pub fn event(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("an event in time");
+        assert!(n > 0, "the daemon closed the connection");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// Reads `id`'s events up to its final one; returns the streamed text and the final event.
+    pub fn finish(&mut self, id: &str) -> (String, Value) {
+        let mut text = String::new();
+        loop {
+            let e = self.event();
+            assert_eq!(e["id"], id, "{e}");
+            if let Some(t) = e["token"].as_str() {
+                text.push_str(t);
+            } else {
+                return (text, e);
+            }
+        }
+    }
+}
+
+pub fn request(id: &str, prompt: &str, max_tokens: usize) -> Value {
+    json!({"id": id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0})
+}
+
+/// Greedy requests long enough to still be running when the test acts on them.
+pub fn long_request(id: &str) -> Value {
+    request(id, "Tell me a long story about the sea", 500)
+}
