@@ -112,11 +112,20 @@ impl Rejection {
 
 /// Parses and validates one line (without its newline).
 pub fn parse_line(line: &[u8], config: &Config) -> Result<Incoming, Rejection> {
+    parse_value(parse_json(line)?, config)
+}
+
+/// The JSON value of a line or message, which must be valid UTF-8.
+pub fn parse_json(line: &[u8]) -> Result<serde_json::Value, Rejection> {
+    let bad = |msg: String| Rejection::new(None, ErrorCode::BadRequest, msg);
+    let text =
+        std::str::from_utf8(line).map_err(|e| bad(format!("the line is not valid UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))
+}
+
+/// Validates a parsed request (MQTT takes its own envelope fields out first).
+pub fn parse_value(value: serde_json::Value, config: &Config) -> Result<Incoming, Rejection> {
     let bad = |id: Option<String>, msg: String| Rejection::new(id, ErrorCode::BadRequest, msg);
-    let text = std::str::from_utf8(line)
-        .map_err(|e| bad(None, format!("the line is not valid UTF-8: {e}")))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| bad(None, format!("invalid JSON: {e}")))?;
     let Some(object) = value.as_object() else {
         return Err(bad(None, "a request must be a JSON object".into()));
     };
@@ -232,6 +241,8 @@ pub enum ErrorCode {
     BadRequest,
     Busy,
     TooLong,
+    /// An MQTT 5 request whose message expiry passed before the engine could start it.
+    Expired,
     Internal,
 }
 

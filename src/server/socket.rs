@@ -177,12 +177,7 @@ impl Handler {
                 self.send(Event::Status { id, status });
             }
             Incoming::Command(Command::Health, id) => {
-                let stats = self.queue.stats();
-                let health = if stats.since_heartbeat() < Duration::from_secs(30) {
-                    "ok"
-                } else {
-                    "stalled"
-                };
+                let health = super::health(&self.queue);
                 self.send(Event::Health { id, health });
             }
         }
@@ -202,6 +197,7 @@ impl Handler {
             events,
             cancel: cancel.clone(),
             arrived: Instant::now(),
+            expires: None,
         };
         self.in_flight.lock().unwrap().insert(id.clone(), cancel);
         match self.queue.submit(job) {
@@ -230,20 +226,7 @@ impl Handler {
     }
 
     fn status(&self) -> Status {
-        let stats = self.queue.stats();
-        use std::sync::atomic::Ordering::Relaxed;
-        Status {
-            model: self.info.model.clone(),
-            kernel: self.info.kernel.clone(),
-            threads: self.info.threads,
-            n_ctx: self.info.n_ctx,
-            queue_depth: stats.waiting.load(Relaxed),
-            queue_capacity: self.queue.capacity(),
-            busy: stats.busy.load(Relaxed),
-            requests: stats.requests.load(Relaxed),
-            tokens_per_s: stats.tokens_per_s(),
-            uptime_s: stats.started.elapsed().as_secs(),
-        }
+        super::status(&self.info, &self.queue)
     }
 }
 
