@@ -39,12 +39,21 @@ struct Broker {
     child: Option<Child>,
     /// Where the daemons connect.
     port: u16,
+    /// Options of the main listener (TLS), set before it runs.
+    main_options: String,
     /// A second listener for the tests' own clients, up while `port` may be down.
     side_port: u16,
 }
 
 impl Broker {
     fn start() -> Broker {
+        let mut b = Broker::new();
+        b.run(true);
+        b
+    }
+
+    /// The directory and ports, with mosquitto not started yet.
+    fn new() -> Broker {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         // Run as root, mosquitto drops to its own user, which must write the database.
@@ -52,14 +61,13 @@ impl Broker {
         std::fs::create_dir(&data).unwrap();
         std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&data, PermissionsExt::from_mode(0o777)).unwrap();
-        let mut b = Broker {
+        Broker {
             dir,
             child: None,
             port: free_port(),
+            main_options: String::new(),
             side_port: free_port(),
-        };
-        b.run(true);
-        b
+        }
     }
 
     /// Starts mosquitto on the side port, and on the main port when `main` is true.
@@ -71,7 +79,7 @@ impl Broker {
             self.side_port
         );
         if main {
-            config += &format!("listener {} 127.0.0.1\n", self.port);
+            config += &format!("listener {} 127.0.0.1\n{}\n", self.port, self.main_options);
         }
         let path = self.dir.path().join("mosquitto.conf");
         std::fs::write(&path, config).unwrap();
@@ -98,6 +106,15 @@ impl Broker {
                 TcpStream::connect(("127.0.0.1", port)).is_ok()
             });
         }
+    }
+
+    /// Writes a file the broker (running as its own user) can read.
+    fn file(&self, name: &str, text: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644)).unwrap();
+        path.display().to_string()
     }
 
     /// Stops mosquitto with SIGTERM, which makes it save its database.
@@ -134,18 +151,25 @@ struct Daemon {
 impl Daemon {
     /// Starts a daemon as `node`; `mqtt` adds keys to `[mqtt]`, `extra` appends tables.
     fn start(broker: &Broker, node: &str, mqtt: &str, extra: &str) -> Daemon {
+        let mqtt = format!(
+            "host = \"127.0.0.1\"\nport = {}\nnode = {node:?}\nreconnect_max_s = 1\n{mqtt}",
+            broker.port
+        );
+        Self::start_args(&mqtt, extra, &[], &format!("as node {node}"))
+    }
+
+    /// Starts a daemon with `mqtt` as its `[mqtt]` table and `args` after `serve`; waits
+    /// for READY=1 with `ready` in its status.
+    fn start_args(mqtt: &str, extra: &str, args: &[&str], ready: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("bitnetd.toml");
         let model = common::reference("tiny-i2_s.gguf");
         std::fs::write(
             &config,
             format!(
-                "model = {:?}\nctx_size = 1024\n[socket]\npath = {:?}\n\
-                 [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode = {node:?}\n\
-                 reconnect_max_s = 1\n{mqtt}\n{extra}",
+                "model = {:?}\nctx_size = 1024\n[socket]\npath = {:?}\n[mqtt]\n{mqtt}\n{extra}",
                 model.display().to_string(),
                 dir.path().join("bitnetd.sock").display().to_string(),
-                broker.port,
             ),
         )
         .unwrap();
@@ -156,6 +180,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
             .args(["serve", "--config"])
             .arg(&config)
+            .args(args)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -164,14 +189,28 @@ impl Daemon {
             .unwrap();
         let mut buf = [0u8; 4096];
         let n = notify.recv(&mut buf).expect("READY from the daemon");
+        let ready_text = ready;
         let ready = String::from_utf8_lossy(&buf[..n]);
         assert!(ready.contains("READY=1"), "{ready}");
-        assert!(ready.contains(&format!("as node {node}")), "{ready}");
+        assert!(ready.contains(ready_text), "{ready}");
         Daemon { child, dir }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap()
+    }
+
+    /// Waits for `needle` in the log; panics with the log after [`PATIENCE`].
+    fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no {needle:?} in\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -544,7 +583,7 @@ fn after_a_broker_restart_the_daemon_answers_what_was_published_meanwhile() {
     );
     assert!(watcher.next().json["token"].is_string());
     broker.stop();
-    wait_for("the daemon to notice", || d.log().contains("connection to"));
+    d.wait_log("connection to");
 
     // The broker is back, but only on the side port: the daemon cannot reconnect yet.
     // A device with a persistent session asks three questions; the broker queues them
@@ -761,7 +800,7 @@ fn malformed_payloads_get_error_replies_while_the_daemon_keeps_serving() {
     }
     // A bad request with nowhere to reply is logged.
     bad.publish("bitnetd/n1/request", "nope", Default::default());
-    wait_for("the log line", || d.log().contains("nowhere to send"));
+    d.wait_log("nowhere to send");
     // A bad MQTT 3.1.1-style request is answered on its reply_to.
     let req = json!({"id": "v3", "prompt": [], "reply_to": "bad/replies"});
     bad.publish("bitnetd/n1/request", req.to_string(), Default::default());
@@ -837,4 +876,133 @@ fn a_request_whose_message_expiry_passed_in_the_queue_is_answered_expired() {
     let short = short.unwrap();
     assert_eq!(short.json["id"], "short");
     assert_eq!(short.json["error"]["code"], "expired", "{short:?}");
+}
+
+#[test]
+fn command_line_flags_turn_mqtt_on_and_name_the_topics() {
+    let broker = Broker::start();
+    let peer = Peer::v5(broker.port, "device");
+    peer.subscribe("home/llm/kitchen/status");
+    let broker_flag = format!("127.0.0.1:{}", broker.port);
+    // The file names no broker: the flags alone turn MQTT on.
+    let _d = Daemon::start_args(
+        "",
+        "",
+        &[
+            "--mqtt",
+            &broker_flag,
+            "--node",
+            "kitchen",
+            "--base-topic",
+            "home/llm",
+        ],
+        "as node kitchen",
+    );
+    peer.status_until("online");
+    peer.subscribe("kitchen/replies");
+    let req = request("k", "Hi", 2);
+    peer.request5("home/llm/kitchen/request", &req, "kitchen/replies", "k");
+    let (chunks, done) = peer.finish("k");
+    check_sequence(&chunks, &done);
+}
+
+#[test]
+fn tls_with_a_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Distinct names: OpenSSL takes a certificate whose subject is its issuer's for a root.
+    let params = |name: &str, san: Vec<String>| {
+        let mut p = CertificateParams::new(san).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p
+    };
+    let mut ca_params = params("bitnetd test CA", vec![]);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let params = params(name, vec![name.to_string()]);
+        (
+            params.signed_by(&key, &ca).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (server_cert, server_key) = leaf("127.0.0.1");
+    let (client_cert, client_key) = leaf("bitnetd");
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let mut broker = Broker::new();
+    broker.main_options = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true",
+        broker.file("ca.pem", &ca.pem()),
+        broker.file("server.pem", &server_cert),
+        broker.file("server.key", &server_key),
+    );
+    broker.run(true);
+
+    // The devices use the plain side listener; the daemon must get through TLS.
+    let peer = Peer::v5(broker.side_port, "device");
+    peer.subscribe("bitnetd/secure/status");
+    let tls = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}",
+        write("ca.pem", &ca.pem()),
+        write("client.pem", &client_cert),
+        write("client.key", &client_key),
+    );
+    let d = Daemon::start(&broker, "secure", &tls, "");
+    d.wait_log("mqtt: connected to");
+    peer.status_until("online");
+    peer.subscribe("secure/replies");
+    peer.request5(
+        "bitnetd/secure/request",
+        &request("s", "Hi", 2),
+        "secure/replies",
+        "s",
+    );
+    let (chunks, done) = peer.finish("s");
+    check_sequence(&chunks, &done);
+
+    // Without a client certificate the broker refuses the daemon, which keeps retrying.
+    let tls = format!("tls_ca = {:?}", write("ca.pem", &ca.pem()));
+    let d = Daemon::start(&broker, "nocert", &tls, "");
+    wait_for("the refused connection", || {
+        d.log().contains("cannot connect")
+    });
+    assert!(!d.log().contains("mqtt: connected to"), "{}", d.log());
+}
+
+#[test]
+fn bad_mqtt_settings_stop_the_daemon_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |mqtt: &str| {
+        let path = dir.path().join("c.toml");
+        let model = common::reference("tiny-i2_s.gguf");
+        let config = format!(
+            "model = {:?}\n[socket]\npath = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\n{mqtt}\n",
+            model.display().to_string(),
+            dir.path().join("s.sock").display().to_string()
+        );
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = serve("username = \"u\"\npassword_file = \"/nonexistent/pw\"");
+    assert!(err.contains("mqtt.password_file"), "{err}");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let err = serve(&format!("tls_ca = {:?}", not_pem.display().to_string()));
+    assert!(err.contains("mqtt.tls_ca"), "{err}");
+    let err = serve("qos = 5");
+    assert!(err.contains("mqtt.qos"), "{err}");
+    let err = serve("brokr = \"x\"");
+    assert!(err.contains("brokr"), "{err}");
 }
