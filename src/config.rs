@@ -220,7 +220,7 @@ impl Default for MqttConfig {
             status_interval_s: 60,
             keep_alive_s: 30,
             session_expiry_s: 86400,
-            reconnect_max_s: 10,
+            reconnect_max_s: 5,
         }
     }
 }
