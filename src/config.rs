@@ -54,6 +54,8 @@ pub struct Config {
     pub limits: Limits,
     /// Sampling defaults for requests that do not set them.
     pub sampling: Sampling,
+    /// The MQTT transport (off while `mqtt.host` is empty).
+    pub mqtt: MqttConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             socket: SocketConfig::default(),
             limits: Limits::default(),
             sampling: Sampling::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -163,6 +166,168 @@ impl Sampling {
     }
 }
 
+/// `[mqtt]`: the broker, the topics and the session. Paths are read at boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// The broker's host name or address; empty turns MQTT off.
+    pub host: String,
+    pub port: u16,
+    /// Fixed, so that the broker keeps the session (and its queued requests) across
+    /// reconnects; empty: "bitnetd-<node>".
+    pub client_id: String,
+    /// Empty: connect without credentials.
+    pub username: String,
+    /// A file holding the password (trailing newline ignored), kept out of the config.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) of the broker: setting it turns TLS on.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that ask for one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Topics start with this: `<base>/<node>/request`, `<base>/<node>/status`.
+    pub base_topic: String,
+    /// This board's name in the topics; empty: the host name.
+    pub node: String,
+    /// QoS of the subscriptions and of every publish.
+    pub qos: u8,
+    /// "5" or "3.1.1".
+    pub protocol: String,
+    /// Shared-subscription group: the broker spreads `<base>/request` over its members.
+    pub group: String,
+    /// Seconds between retained status updates (0: only at each connect).
+    pub status_interval_s: u64,
+    pub keep_alive_s: u64,
+    /// How long the broker keeps the session while the daemon is away (MQTT 5).
+    pub session_expiry_s: u32,
+    /// Longest wait between two reconnect attempts (the wait doubles from 250 ms up to it).
+    pub reconnect_max_s: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: String::new(),
+            port: 1883,
+            client_id: String::new(),
+            username: String::new(),
+            password_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            base_topic: "bitnetd".into(),
+            node: String::new(),
+            qos: 1,
+            protocol: "5".into(),
+            group: String::new(),
+            status_interval_s: 60,
+            keep_alive_s: 30,
+            session_expiry_s: 86400,
+            reconnect_max_s: 5,
+        }
+    }
+}
+
+impl MqttConfig {
+    pub fn enabled(&self) -> bool {
+        !self.host.is_empty()
+    }
+
+    /// The node name in the topics: `node`, else the host name.
+    pub fn node_name(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| is_topic_level(h))
+            .unwrap_or_else(|| "bitnetd".into())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: &dyn std::fmt::Debug, expected: &str| ConfigError::Invalid {
+            key,
+            value: format!("{value:?}"),
+            expected: expected.into(),
+        };
+        let ensure = |ok: bool, key, value: &dyn std::fmt::Debug, expected: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(key, value, expected))
+            }
+        };
+        ensure(
+            self.port != 0,
+            "mqtt.port",
+            &self.port,
+            "it must be between 1 and 65535",
+        )?;
+        ensure(self.qos <= 2, "mqtt.qos", &self.qos, "it must be 0, 1 or 2")?;
+        ensure(
+            matches!(self.protocol.as_str(), "5" | "3.1.1"),
+            "mqtt.protocol",
+            &self.protocol,
+            "it must be \"5\" or \"3.1.1\"",
+        )?;
+        ensure(
+            !self.base_topic.is_empty() && self.base_topic.split('/').all(is_topic_level),
+            "mqtt.base_topic",
+            &self.base_topic,
+            "it must be a topic such as \"bitnetd\" or \"home/llm\", without wildcards or empty levels",
+        )?;
+        let level = "it must be one topic level: no '/', '+', '#'";
+        ensure(
+            self.node.is_empty() || is_topic_level(&self.node),
+            "mqtt.node",
+            &self.node,
+            level,
+        )?;
+        ensure(
+            self.group.is_empty() || is_topic_level(&self.group),
+            "mqtt.group",
+            &self.group,
+            level,
+        )?;
+        ensure(
+            (5..=65535).contains(&self.keep_alive_s),
+            "mqtt.keep_alive_s",
+            &self.keep_alive_s,
+            "it must be between 5 and 65535",
+        )?;
+        ensure(
+            (1..=3600).contains(&self.reconnect_max_s),
+            "mqtt.reconnect_max_s",
+            &self.reconnect_max_s,
+            "it must be between 1 and 3600",
+        )?;
+        ensure(
+            self.password_file.is_none() || !self.username.is_empty(),
+            "mqtt.password_file",
+            &self.password_file,
+            "it needs mqtt.username",
+        )?;
+        ensure(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "mqtt.tls_cert",
+            &self.tls_cert,
+            "give tls_cert and tls_key together",
+        )?;
+        ensure(
+            self.tls_cert.is_none() || self.tls_ca.is_some(),
+            "mqtt.tls_cert",
+            &self.tls_cert,
+            "a client certificate needs tls_ca (TLS is on when tls_ca is set)",
+        )
+    }
+}
+
+/// One level of an MQTT topic: non-empty, without separators or wildcards.
+fn is_topic_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -256,6 +421,7 @@ impl Config {
             l.max_connections,
             "it must be between 1 and 65536",
         )?;
+        self.mqtt.validate()?;
         if let Err(e) = self.sampling.sampler(0).validate() {
             let key = match e.field {
                 "temperature" => "sampling.temperature",
@@ -325,5 +491,31 @@ mod tests {
         assert!(e.contains("socket.mode"), "{e}");
         let e = parse("kernel = \"neon9\"\n").unwrap_err().to_string();
         assert!(e.contains("kernel"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_is_off_without_a_host_and_checked_by_key() {
+        assert!(!parse("").unwrap().mqtt.enabled());
+        let c = parse("[mqtt]\nhost = \"broker.lan\"\nnode = \"pi1\"\n").unwrap();
+        assert!(c.mqtt.enabled());
+        assert_eq!(c.mqtt.node_name(), "pi1");
+        for (text, key) in [
+            ("qos = 3", "mqtt.qos"),
+            ("protocol = \"4\"", "mqtt.protocol"),
+            ("port = 0", "mqtt.port"),
+            ("base_topic = \"a/+/b\"", "mqtt.base_topic"),
+            ("base_topic = \"a//b\"", "mqtt.base_topic"),
+            ("node = \"a/b\"", "mqtt.node"),
+            ("group = \"g#\"", "mqtt.group"),
+            ("keep_alive_s = 2", "mqtt.keep_alive_s"),
+            ("reconnect_max_s = 0", "mqtt.reconnect_max_s"),
+            ("password_file = \"/p\"", "mqtt.password_file"),
+            ("tls_cert = \"/c\"", "mqtt.tls_cert"),
+            ("hots = \"x\"", "hots"),
+            ("qos = \"1\"", "qos"),
+        ] {
+            let e = parse(&format!("[mqtt]\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

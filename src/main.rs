@@ -12,7 +12,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: serve a model on a Unix socket (JSON lines).
+    /// Run the daemon: serve a model on a Unix socket (JSON lines) and over MQTT.
     Serve(app::serve::ServeArgs),
     /// Ask the daemon a question; the answer streams to stdout.
     Ask(app::ask::AskArgs),

@@ -32,6 +32,49 @@ pub struct ServeArgs {
     /// Evaluate every prompt from its start (sets `prefix_cache = false`).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// MQTT broker, HOST or HOST:PORT (overrides `mqtt.host` and `mqtt.port`; turns MQTT on).
+    #[arg(long, value_name = "HOST:PORT", value_parser = broker)]
+    pub mqtt: Option<(String, Option<u16>)>,
+    /// This board's name in the MQTT topics (overrides `mqtt.node`).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// First level(s) of the MQTT topics (overrides `mqtt.base_topic`).
+    #[arg(long, value_name = "T")]
+    pub base_topic: Option<String>,
+}
+
+/// `HOST`, `HOST:PORT`, `[V6ADDR]` or `[V6ADDR]:PORT`.
+fn broker(s: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']').ok_or("a '[' without ']'")?;
+            match after {
+                "" => (host, None),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or("expected :PORT after ]")?),
+                ),
+            }
+        }
+        None => match s.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => (s, None), // a bare IPv6 address
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let port = match port {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{p:?} is not a port (1 to 65535)"))?,
+        ),
+        None => None,
+    };
+    Ok((host.to_owned(), port))
 }
 
 /// The config file, then the flags on top; validated again after the overrides.
@@ -52,6 +95,18 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if args.no_prefix_cache {
         config.prefix_cache = false;
+    }
+    if let Some((host, port)) = &args.mqtt {
+        config.mqtt.host = host.clone();
+        if let Some(p) = port {
+            config.mqtt.port = *p;
+        }
+    }
+    if let Some(n) = &args.node {
+        config.mqtt.node = n.clone();
+    }
+    if let Some(b) = &args.base_topic {
+        config.mqtt.base_topic = b.clone();
     }
     config.validate()?;
     Ok(config)
@@ -99,4 +154,22 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         stats: Arc::new(Stats::new()),
     };
     server::run(config, info, worker).context("serving")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broker;
+
+    #[test]
+    fn broker_addresses_parse() {
+        let ok = |s: &str, h: &str, p: Option<u16>| assert_eq!(broker(s), Ok((h.into(), p)));
+        ok("broker.lan", "broker.lan", None);
+        ok("10.0.0.2:1884", "10.0.0.2", Some(1884));
+        ok("[::1]:8883", "::1", Some(8883));
+        ok("[fe80::1]", "fe80::1", None);
+        ok("fe80::1", "fe80::1", None);
+        for bad in ["", ":1883", "host:0", "host:x", "[::1", "[::1]1883"] {
+            assert!(broker(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! socket handler ─┐                                 ┌─> job's event channel ─> its transport
-//! (mqtt, later) ──┴─> Queue (bounded, FCFS) ─> engine thread (std::thread, owns the model)
+//! mqtt dispatcher ┴─> Queue (bounded, FCFS) ─> engine thread (std::thread, owns the model)
 //! ```
 //!
 //! Boot order: the caller has loaded and validated the model; here the engine thread starts,
-//! the socket is bound, and only then systemd hears READY=1. Shutdown (SIGTERM/SIGINT): stop
-//! accepting, cancel running and queued work (each gets a final `cancelled` event), wait for
-//! every connection to drain (at most [`DRAIN_TIMEOUT`]), remove the socket file.
+//! the socket is bound, MQTT starts connecting (a broker that is not up yet is retried), and
+//! only then systemd hears READY=1. Shutdown (SIGTERM/SIGINT): stop accepting, cancel running
+//! and queued work (each gets a final `cancelled` event), wait for every connection to drain
+//! and MQTT to publish offline and disconnect (at most [`DRAIN_TIMEOUT`]), remove the socket
+//! file.
 
+pub mod mqtt;
 pub mod protocol;
 pub mod queue;
 pub mod shutdown;
@@ -25,7 +28,9 @@ use sd_notify::NotifyState;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::config::Config;
-use queue::Stats;
+use protocol::Status;
+use queue::{Queue, Stats};
+use shutdown::Shutdown;
 use worker::Worker;
 
 /// How long shutdown waits for connections to receive their last events (systemd's stop
@@ -74,10 +79,21 @@ pub fn run(config: Config, info: ServerInfo, mut worker: Worker) -> anyhow::Resu
             notify_shutdown,
             shutdown_complete_tx,
         };
+        let mqtt = match config.mqtt.enabled() {
+            true => Some(mqtt::start(
+                config.clone(),
+                server.info.clone(),
+                server.queue.clone(),
+                Shutdown::new(server.notify_shutdown.subscribe()),
+            )?),
+            false => None,
+        };
         let status = format!(
-            "serving {} on {} ({} threads, {} kernel, queue {})",
+            "serving {} on {}{} ({} threads, {} kernel, queue {})",
             info.model,
             config.socket.path.display(),
+            mqtt.as_ref()
+                .map_or(String::new(), |m| format!(" and {}", m.describe())),
             info.threads,
             info.kernel,
             config.limits.queue_depth
@@ -116,16 +132,48 @@ pub fn run(config: Config, info: ServerInfo, mut worker: Worker) -> anyhow::Resu
         drop(notify_shutdown);
         drop(shutdown_complete_tx);
         drop(queue);
-        if tokio::time::timeout(DRAIN_TIMEOUT, shutdown_complete_rx.recv())
-            .await
-            .is_err()
-        {
+        let drain = async {
+            let mqtt = async {
+                if let Some(m) = mqtt {
+                    m.shutdown().await;
+                }
+            };
+            tokio::join!(shutdown_complete_rx.recv(), mqtt)
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
             log::warn!("some clients did not take their last events in time");
         }
         socket::remove(&config.socket.path);
         log::info!("stopped");
         Ok(())
     })
+}
+
+/// The reply to `status`, for every transport.
+pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = queue.stats();
+    Status {
+        model: info.model.clone(),
+        kernel: info.kernel.clone(),
+        threads: info.threads,
+        n_ctx: info.n_ctx,
+        queue_depth: stats.waiting.load(Relaxed),
+        queue_capacity: queue.capacity(),
+        busy: stats.busy.load(Relaxed),
+        requests: stats.requests.load(Relaxed),
+        tokens_per_s: stats.tokens_per_s(),
+        uptime_s: stats.started.elapsed().as_secs(),
+    }
+}
+
+/// The reply to `health`: "stalled" when the engine has made no progress for 30 s.
+pub fn health(queue: &Queue) -> &'static str {
+    if queue.stats().since_heartbeat() < Duration::from_secs(30) {
+        "ok"
+    } else {
+        "stalled"
+    }
 }
 
 /// Pings the systemd watchdog, but only while the engine makes progress (a token, or an

@@ -120,18 +120,45 @@ impl Rejection {
 /// answer under even when the rest is wrong, then into the typed request, which also refuses
 /// duplicate keys (a generic value silently keeps the last) and names the bad field's path.
 pub fn parse_line(line: &[u8], config: &Config) -> Result<Incoming, Rejection> {
-    let bad = |id: Option<String>, msg: String| Rejection::new(id, ErrorCode::BadRequest, msg);
-    let text = std::str::from_utf8(line).map_err(|e| {
+    let text = utf8(line)?;
+    let value = json(text)?;
+    parse_checked(&value, text, config)
+}
+
+/// The JSON value of a line or message, which must be valid UTF-8.
+pub fn parse_json(line: &[u8]) -> Result<serde_json::Value, Rejection> {
+    json(utf8(line)?)
+}
+
+/// Validates a parsed request (MQTT takes its own envelope fields out first). Duplicate
+/// keys are gone from a parsed value, so only [`parse_line`] can refuse them.
+pub fn parse_value(value: serde_json::Value, config: &Config) -> Result<Incoming, Rejection> {
+    parse_checked(&value, &value.to_string(), config)
+}
+
+fn utf8(line: &[u8]) -> Result<&str, Rejection> {
+    std::str::from_utf8(line).map_err(|e| {
         // The id is still worth echoing when only, say, the prompt has a bad byte.
         let id = readable_id(&String::from_utf8_lossy(line));
         let at = e.valid_up_to();
-        bad(
-            id,
-            format!("the line is not valid UTF-8 (a bad byte at offset {at})"),
-        )
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| bad(None, format!("invalid JSON: {e}")))?;
+        let msg = format!("the line is not valid UTF-8 (a bad byte at offset {at})");
+        Rejection::new(id, ErrorCode::BadRequest, msg)
+    })
+}
+
+fn json(text: &str) -> Result<serde_json::Value, Rejection> {
+    serde_json::from_str(text)
+        .map_err(|e| Rejection::new(None, ErrorCode::BadRequest, format!("invalid JSON: {e}")))
+}
+
+/// [`parse_line`]'s checks of a request's `value`, read again from `text` into the typed
+/// request.
+fn parse_checked(
+    value: &serde_json::Value,
+    text: &str,
+    config: &Config,
+) -> Result<Incoming, Rejection> {
+    let bad = |id: Option<String>, msg: String| Rejection::new(id, ErrorCode::BadRequest, msg);
     let Some(object) = value.as_object() else {
         let kind = json_kind(&value);
         return Err(bad(
@@ -323,6 +350,8 @@ pub enum ErrorCode {
     BadRequest,
     Busy,
     TooLong,
+    /// An MQTT 5 request whose message expiry passed before the engine could start it.
+    Expired,
     Internal,
 }
 
@@ -333,6 +362,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Busy => "busy",
             ErrorCode::TooLong => "too_long",
+            ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
         }
     }

@@ -1,6 +1,6 @@
 //! The bounded request queue between the transports and the engine thread.
 //!
-//! Every transport (the socket now, MQTT later) turns a request into a [`Job`] and calls
+//! Every transport (the socket, MQTT) turns a request into a [`Job`] and calls
 //! [`Queue::submit`]; first come, first served, whatever the transport. A full queue answers at
 //! once with `busy` instead of making clients wait without bound. Events flow back through the
 //! job's own channel to whichever transport made it.
@@ -28,6 +28,8 @@ pub struct Job {
     pub cancel: CancelToken,
     /// When the request arrived: queue time, time to first token and the timeout count from it.
     pub arrived: Instant,
+    /// A request not started by then is answered `expired` (MQTT 5 message expiry).
+    pub expires: Option<Instant>,
 }
 
 /// A flag shared by a job's transport and the engine thread.

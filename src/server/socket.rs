@@ -190,12 +190,7 @@ impl Handler {
                 reply.send(Event::Status { id, status });
             }
             Incoming::Command(Command::Health, id) => {
-                let stats = self.queue.stats();
-                let health = if stats.since_heartbeat() < Duration::from_secs(30) {
-                    "ok"
-                } else {
-                    "stalled"
-                };
+                let health = super::health(&self.queue);
                 reply.send(Event::Health { id, health });
             }
         }
@@ -216,6 +211,7 @@ impl Handler {
             events,
             cancel: cancel.clone(),
             arrived: Instant::now(),
+            expires: None,
         };
         self.in_flight
             .lock()
@@ -249,20 +245,7 @@ impl Handler {
     }
 
     fn status(&self) -> Status {
-        let stats = self.queue.stats();
-        use std::sync::atomic::Ordering::Relaxed;
-        Status {
-            model: self.info.model.clone(),
-            kernel: self.info.kernel.clone(),
-            threads: self.info.threads,
-            n_ctx: self.info.n_ctx,
-            queue_depth: stats.waiting.load(Relaxed),
-            queue_capacity: self.queue.capacity(),
-            busy: stats.busy.load(Relaxed),
-            requests: stats.requests.load(Relaxed),
-            tokens_per_s: stats.tokens_per_s(),
-            uptime_s: stats.started.elapsed().as_secs(),
-        }
+        super::status(&self.info, &self.queue)
     }
 }
 

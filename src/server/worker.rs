@@ -91,6 +91,12 @@ impl Worker {
                 || stats.shutting_down.load(Ordering::Relaxed)
                 || timeout.is_some_and(|t| job.arrived.elapsed() > t)
         };
+        if job.expires.is_some_and(|t| started > t) {
+            let message = "the request's message expiry passed while it waited in the queue";
+            send(Event::error(Some(id.clone()), ErrorCode::Expired, message));
+            log::info!("request {id} via {}: expired in the queue", job.transport);
+            return;
+        }
         if stopped(&self.stats) {
             send(Event::Done(Box::new(Done {
                 id: id.clone(),

@@ -1,0 +1,361 @@
+//! The MQTT transport: requests on `<base>/<node>/request` (and `$share/<group>/<base>/request`
+//! for a fleet), replies on each request's response topic or `reply_to`, and a retained
+//! `<base>/<node>/status` whose last will says offline.
+//!
+//! ```text
+//! poller (owns the connection) ─> dispatcher ─> Queue ─> engine ─> forwarder per request ─> publish
+//! ```
+//!
+//! The session is persistent (fixed client id, no clean start, a session expiry on MQTT 5), so
+//! QoS 1 requests published while the daemon was away wait at the broker and are answered
+//! after it reconnects. Messages are acknowledged once handled, not on arrival.
+
+mod dispatch;
+mod link;
+mod wire;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::ServerInfo;
+use super::queue::Queue;
+use super::shutdown::Shutdown;
+use crate::config::Config;
+use dispatch::Dispatcher;
+use link::{Client, EventLoop, Notice, Settings};
+
+/// The first wait before reconnecting; it doubles up to `mqtt.reconnect_max_s`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The running transport, kept by the server for shutdown.
+pub struct Mqtt {
+    client: Client,
+    /// What the status topic reports.
+    shared: Arc<Shared>,
+    poller: JoinHandle<()>,
+    /// Ends at the shutdown signal, dropping its queue handle.
+    dispatcher: JoinHandle<()>,
+    ticker: Option<JoinHandle<()>>,
+    /// Returns `None` once every reply forwarder has sent its final event.
+    forwarders_done: mpsc::Receiver<()>,
+}
+
+/// What the poller, the ticker and shutdown share.
+struct Shared {
+    node: String,
+    /// Where to connect, for the log.
+    broker: String,
+    status_topic: String,
+    /// The request topics, subscribed after every connect.
+    filters: Vec<String>,
+    info: Arc<ServerInfo>,
+    /// For the status counters (not for submitting).
+    queue: Queue,
+    /// Whether the connection is up: status is only published then.
+    connected: AtomicBool,
+}
+
+impl Shared {
+    fn online(&self) -> Vec<u8> {
+        wire::online(&self.node, super::status(&self.info, &self.queue))
+    }
+}
+
+/// Reads the credentials and certificates (errors name the config key) and starts the
+/// transport; the first connect happens in the background, so that a broker that comes up
+/// after the daemon is not an error.
+pub fn start(
+    config: Arc<Config>,
+    info: Arc<ServerInfo>,
+    queue: Queue,
+    shutdown: Shutdown,
+) -> anyhow::Result<Mqtt> {
+    let m = &config.mqtt;
+    let node = m.node_name();
+    let base = &m.base_topic;
+    let mut filters = vec![format!("{base}/{node}/request")];
+    if !m.group.is_empty() {
+        filters.push(format!("$share/{}/{base}/request", m.group));
+    }
+    let status_topic = format!("{base}/{node}/status");
+    let settings = settings(&config, &node, &status_topic)?;
+    let (client, eventloop) = link::new(&settings);
+    let shared = Arc::new(Shared {
+        node,
+        broker: format!("{}:{}", m.host, m.port),
+        status_topic,
+        filters,
+        info: info.clone(),
+        queue: queue.clone(),
+        connected: AtomicBool::new(false),
+    });
+    let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+    let (forwarders, forwarders_done) = mpsc::channel(1);
+    let backoff = Backoff::new(Duration::from_secs(m.reconnect_max_s));
+    let poller = tokio::spawn(poll(
+        eventloop,
+        messages_tx,
+        client.clone(),
+        shared.clone(),
+        backoff,
+    ));
+    let dispatcher = Dispatcher::new(client.clone(), queue, config.clone(), info, forwarders);
+    let dispatcher = tokio::spawn(dispatcher.run(messages_rx, shutdown));
+    let ticker = (m.status_interval_s > 0).then(|| {
+        let every = Duration::from_secs(m.status_interval_s);
+        tokio::spawn(report_status(client.clone(), shared.clone(), every))
+    });
+    Ok(Mqtt {
+        client,
+        shared,
+        poller,
+        dispatcher,
+        ticker,
+        forwarders_done,
+    })
+}
+
+impl Mqtt {
+    /// The node name and broker, for the boot message.
+    pub fn describe(&self) -> String {
+        format!("MQTT {} as node {}", self.shared.broker, self.shared.node)
+    }
+
+    /// After the shutdown signal: publishes the offline status, lets every request send
+    /// its final (cancelled) event, then disconnects cleanly. The caller bounds the time.
+    pub async fn shutdown(mut self) {
+        let _ = self.dispatcher.await;
+        if let Some(t) = &self.ticker {
+            t.abort();
+        }
+        if !self.shared.connected.load(Ordering::Relaxed) {
+            // The broker is away: it has published the last will already.
+            self.poller.abort();
+            return;
+        }
+        let offline = wire::offline(&self.shared.node);
+        let _ = self
+            .client
+            .publish(&self.shared.status_topic, offline, true, None)
+            .await;
+        let _ = self.forwarders_done.recv().await;
+        let _ = self.client.disconnect().await;
+        let _ = self.poller.await;
+        log::info!("mqtt: offline published, disconnected");
+    }
+}
+
+/// Drives the connection: reconnects with backoff, subscribes and says online after each
+/// connect, and hands messages to the dispatcher. Ends once DISCONNECT went out.
+async fn poll(
+    mut eventloop: EventLoop,
+    messages: mpsc::UnboundedSender<Box<link::Message>>,
+    client: Client,
+    shared: Arc<Shared>,
+    mut backoff: Backoff,
+) {
+    let broker = &shared.broker;
+    // Since when the daemon has been trying to (re)connect, and how often it failed.
+    let mut down_since = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Notice::Connected { session_present }) => {
+                shared.connected.store(true, Ordering::Relaxed);
+                backoff.reset();
+                log::info!(
+                    "mqtt: connected to {broker} as node {} after {:.3} s ({failures} failed \
+                     attempts, session present: {session_present})",
+                    shared.node,
+                    down_since.elapsed().as_secs_f64(),
+                );
+                failures = 0;
+                tokio::spawn(on_connect(client.clone(), shared.clone()));
+            }
+            Ok(Notice::Message(m)) => {
+                // At shutdown nobody takes it: unacknowledged, it stays for the next session.
+                let _ = messages.send(m);
+            }
+            Ok(Notice::Disconnected) => return,
+            Ok(Notice::Other) => {}
+            Err(e) => {
+                if shared.connected.swap(false, Ordering::Relaxed) {
+                    log::warn!("mqtt: connection to {broker} lost: {e}");
+                    down_since = Instant::now();
+                } else if failures == 0 {
+                    log::warn!("mqtt: cannot connect to {broker}: {e}; retrying");
+                } else {
+                    log::debug!("mqtt: connecting to {broker}: {e}");
+                }
+                failures += 1;
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+/// After each connect: (re)subscribe, for a broker that lost the session, and say online.
+async fn on_connect(client: Client, shared: Arc<Shared>) {
+    if client.subscribe(&shared.filters).await.is_err() {
+        return;
+    }
+    let _ = client
+        .publish(&shared.status_topic, shared.online(), true, None)
+        .await;
+}
+
+/// Refreshes the retained status every `every` while connected.
+async fn report_status(client: Client, shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is at once; connecting says online already
+    loop {
+        tick.tick().await;
+        if shared.connected.load(Ordering::Relaxed) {
+            let _ = client
+                .publish(&shared.status_topic, shared.online(), true, None)
+                .await;
+        }
+    }
+}
+
+/// The connection settings, with the files of `[mqtt]` read now so that a missing or bad
+/// file stops the daemon at boot.
+fn settings(config: &Config, node: &str, status_topic: &str) -> anyhow::Result<Settings> {
+    let m = &config.mqtt;
+    let read = |path: &Path, key: &str| {
+        std::fs::read(path).with_context(|| format!("mqtt.{key}: reading {}", path.display()))
+    };
+    let credentials = match &m.password_file {
+        Some(path) => {
+            let bytes = read(path, "password_file")?;
+            let password = String::from_utf8(bytes)
+                .with_context(|| format!("mqtt.password_file: {} is not UTF-8", path.display()))?;
+            Some((
+                m.username.clone(),
+                password.trim_end_matches(['\r', '\n']).into(),
+            ))
+        }
+        None if !m.username.is_empty() => Some((m.username.clone(), String::new())),
+        None => None,
+    };
+    let tls = match &m.tls_ca {
+        Some(ca_path) => {
+            // rustls uses the process-wide provider; ring builds with a plain C compiler.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let ca = read(ca_path, "tls_ca")?;
+            pem::check_certs(&ca).with_context(|| format!("mqtt.tls_ca: {}", ca_path.display()))?;
+            let client_auth = match (&m.tls_cert, &m.tls_key) {
+                (Some(cert_path), Some(key_path)) => {
+                    let cert = read(cert_path, "tls_cert")?;
+                    pem::check_certs(&cert)
+                        .with_context(|| format!("mqtt.tls_cert: {}", cert_path.display()))?;
+                    let key = read(key_path, "tls_key")?;
+                    pem::check_key(&key)
+                        .with_context(|| format!("mqtt.tls_key: {}", key_path.display()))?;
+                    Some((cert, key))
+                }
+                _ => None,
+            };
+            Some(link::Tls { ca, client_auth })
+        }
+        None => None,
+    };
+    Ok(Settings {
+        host: m.host.clone(),
+        port: m.port,
+        client_id: match m.client_id.as_str() {
+            "" => format!("bitnetd-{node}"),
+            id => id.into(),
+        },
+        v5: m.protocol == "5",
+        credentials,
+        tls,
+        keep_alive: Duration::from_secs(m.keep_alive_s),
+        qos: m.qos,
+        session_expiry_s: m.session_expiry_s,
+        max_payload: config.limits.max_line_bytes,
+        will_topic: status_topic.into(),
+        will_payload: wire::offline(node),
+    })
+}
+
+/// PEM checks at boot, so that a wrong file is reported once, by key, instead of failing
+/// every connect attempt.
+mod pem {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    pub fn check_certs(pem: &[u8]) -> anyhow::Result<()> {
+        let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!certs.is_empty(), "no PEM certificate in the file");
+        Ok(())
+    }
+
+    pub fn check_key(pem: &[u8]) -> anyhow::Result<()> {
+        PrivateKeyDer::from_pem_slice(pem)?;
+        Ok(())
+    }
+}
+
+/// Waits between reconnect attempts: doubling from [`FIRST_BACKOFF`] up to a cap, with up
+/// to a quarter more at random so that a fleet does not reconnect in lockstep.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: FIRST_BACKOFF.min(max),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_BACKOFF.min(self.max);
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait + wait.mul_f64(jitter() * 0.25)
+    }
+}
+
+/// A number in [0, 1), different at each call.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let h = RandomState::new().hash_one(Instant::now());
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(2));
+        let waits: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        let base = [250, 500, 1000, 2000, 2000, 2000].map(Duration::from_millis);
+        for (w, base) in waits.iter().zip(base) {
+            assert!(*w >= base && *w <= base.mul_f64(1.25), "{w:?} vs {base:?}");
+        }
+        b.reset();
+        assert!(b.next() < Duration::from_millis(313));
+    }
+
+    #[test]
+    fn pem_files_are_checked() {
+        assert!(pem::check_certs(b"not a certificate").is_err());
+        assert!(pem::check_key(b"no key in here").is_err());
+    }
+}

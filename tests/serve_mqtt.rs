@@ -1,0 +1,1008 @@
+//! The MQTT transport end to end: a real mosquitto on a free loopback port, the built
+//! binary serving the tiny reference model, and rumqttc clients playing the devices.
+
+mod common;
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
+use serde_json::{Value, json};
+
+/// Every wait in these tests gives up after this long (the tests never measure speed).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `done` until it holds; panics with `what` after [`PATIENCE`].
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto with persistence in its own directory, killed on drop.
+struct Broker {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Where the daemons connect.
+    port: u16,
+    /// Options of the main listener (TLS), set before it runs.
+    main_options: String,
+    /// A second listener for the tests' own clients, up while `port` may be down.
+    side_port: u16,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let mut b = Broker::new();
+        b.run(true);
+        b
+    }
+
+    /// The directory and ports, with mosquitto not started yet.
+    fn new() -> Broker {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // Run as root, mosquitto drops to its own user, which must write the database.
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&data, PermissionsExt::from_mode(0o777)).unwrap();
+        Broker {
+            dir,
+            child: None,
+            port: free_port(),
+            main_options: String::new(),
+            side_port: free_port(),
+        }
+    }
+
+    /// Starts mosquitto on the side port, and on the main port when `main` is true.
+    fn run(&mut self, main: bool) {
+        let mut config = format!(
+            "allow_anonymous true\npersistence true\npersistence_location {}/\n\
+             listener {} 127.0.0.1\n",
+            self.dir.path().join("data").display(),
+            self.side_port
+        );
+        if main {
+            config += &format!("listener {} 127.0.0.1\n{}\n", self.port, self.main_options);
+        }
+        let path = self.dir.path().join("mosquitto.conf");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("log"))
+            .unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let ports = if main {
+            vec![self.side_port, self.port]
+        } else {
+            vec![self.side_port]
+        };
+        for port in ports {
+            wait_for("mosquitto to listen", || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
+    }
+
+    /// Writes a file the broker (running as its own user) can read.
+    fn file(&self, name: &str, text: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644)).unwrap();
+        path.display().to_string()
+    }
+
+    /// Stops mosquitto with SIGTERM, which makes it save its database.
+    fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "TERM");
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A running `bitnetd serve` with MQTT, killed on drop.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon as `node`; `mqtt` adds keys to `[mqtt]`, `extra` appends tables.
+    fn start(broker: &Broker, node: &str, mqtt: &str, extra: &str) -> Daemon {
+        let mqtt = format!(
+            "host = \"127.0.0.1\"\nport = {}\nnode = {node:?}\nreconnect_max_s = 1\n{mqtt}",
+            broker.port
+        );
+        Self::start_args(&mqtt, extra, &[], &format!("as node {node}"))
+    }
+
+    /// Starts a daemon with `mqtt` as its `[mqtt]` table and `args` after `serve`; waits
+    /// for READY=1 with `ready` in its status.
+    fn start_args(mqtt: &str, extra: &str, args: &[&str], ready: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bitnetd.toml");
+        let model = common::reference("tiny-i2_s.gguf");
+        std::fs::write(
+            &config,
+            format!(
+                "model = {:?}\nctx_size = 1024\n[socket]\npath = {:?}\n[mqtt]\n{mqtt}\n{extra}",
+                model.display().to_string(),
+                dir.path().join("bitnetd.sock").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(PATIENCE)).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).expect("READY from the daemon");
+        let ready_text = ready;
+        let ready = String::from_utf8_lossy(&buf[..n]);
+        assert!(ready.contains("READY=1"), "{ready}");
+        assert!(ready.contains(ready_text), "{ready}");
+        Daemon { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap()
+    }
+
+    /// Waits for `needle` in the log; panics with the log after [`PATIENCE`].
+    fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no {needle:?} in\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message a test client received.
+#[derive(Debug)]
+struct Msg {
+    topic: String,
+    json: Value,
+    correlation: Option<Vec<u8>>,
+    retain: bool,
+}
+
+enum Got {
+    Subscribed,
+    Msg(Msg),
+}
+
+enum Handle {
+    V5(rumqttc::v5::Client),
+    V4(rumqttc::Client),
+}
+
+/// A device: an MQTT client whose connection runs on its own thread.
+struct Peer {
+    handle: Handle,
+    rx: Receiver<Got>,
+}
+
+impl Peer {
+    fn v5(port: u16, id: &str) -> Peer {
+        Self::v5_session(port, id, None)
+    }
+
+    /// An MQTT 5 client; with `session_expiry`, its session outlives the connection.
+    fn v5_session(port: u16, id: &str, session_expiry: Option<u32>) -> Peer {
+        use rumqttc::v5::{Client, Event, MqttOptions};
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_max_packet_size(Some(1 << 20));
+        if session_expiry.is_some() {
+            o.set_clean_start(false)
+                .set_session_expiry_interval(session_expiry);
+        }
+        let (client, mut connection) = Client::new(o, 64);
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                let got = match event {
+                    Ok(Event::Incoming(Packet5::Publish(p))) => Got::Msg(Msg {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        json: json_of(&p.payload),
+                        correlation: p
+                            .properties
+                            .and_then(|p| p.correlation_data.map(|c| c.to_vec())),
+                        retain: p.retain,
+                    }),
+                    Ok(Event::Incoming(Packet5::SubAck(_))) => Got::Subscribed,
+                    Ok(_) => continue,
+                    Err(_) => return,
+                };
+                if tx.send(got).is_err() {
+                    return;
+                }
+            }
+        });
+        Peer {
+            handle: Handle::V5(client),
+            rx,
+        }
+    }
+
+    fn v4(port: u16, id: &str) -> Peer {
+        use rumqttc::{Client, Event, MqttOptions, Packet};
+        let (client, mut connection) = Client::new(MqttOptions::new(id, "127.0.0.1", port), 64);
+        let (tx, rx): (Sender<Got>, _) = channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                let got = match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => Got::Msg(Msg {
+                        topic: p.topic.clone(),
+                        json: json_of(&p.payload),
+                        correlation: None,
+                        retain: p.retain,
+                    }),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Got::Subscribed,
+                    Ok(_) => continue,
+                    Err(_) => return,
+                };
+                if tx.send(got).is_err() {
+                    return;
+                }
+            }
+        });
+        Peer {
+            handle: Handle::V4(client),
+            rx,
+        }
+    }
+
+    /// Subscribes at QoS 1 and waits for the broker's SUBACK.
+    fn subscribe(&self, filter: &str) {
+        match &self.handle {
+            Handle::V5(c) => c
+                .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .unwrap(),
+            Handle::V4(c) => c.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap(),
+        }
+        loop {
+            if let Got::Subscribed = self.got() {
+                return;
+            }
+        }
+    }
+
+    fn got(&self) -> Got {
+        self.rx
+            .recv_timeout(PATIENCE)
+            .expect("a message from the broker in time")
+    }
+
+    /// The next message (SUBACKs are skipped).
+    fn next(&self) -> Msg {
+        loop {
+            if let Got::Msg(m) = self.got() {
+                return m;
+            }
+        }
+    }
+
+    /// Publishes at QoS 1; MQTT 5 properties are ignored by 3.1.1 peers.
+    fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, props: PublishProperties) {
+        let payload = payload.into();
+        match &self.handle {
+            Handle::V5(c) => c
+                .publish_with_properties(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                    props,
+                )
+                .unwrap(),
+            Handle::V4(c) => c
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .unwrap(),
+        }
+    }
+
+    /// Publishes a request that names its reply topic with MQTT 5 properties.
+    fn request5(&self, topic: &str, request: &Value, reply: &str, correlation: &str) {
+        let props = PublishProperties {
+            response_topic: Some(reply.into()),
+            correlation_data: Some(correlation.as_bytes().to_vec().into()),
+            ..Default::default()
+        };
+        self.publish(topic, request.to_string(), props);
+    }
+
+    /// Reads one request's replies: the chunks and the final event (or error).
+    fn finish(&self, id: &str) -> (Vec<Msg>, Msg) {
+        let mut chunks = Vec::new();
+        loop {
+            let m = self.next();
+            assert_eq!(m.json["id"], id, "{m:?}");
+            if m.json["token"].is_string() {
+                chunks.push(m);
+            } else {
+                return (chunks, m);
+            }
+        }
+    }
+
+    /// Waits for the retained status of `node` to have `state`.
+    fn status_until(&self, state: &str) -> Msg {
+        loop {
+            let m = self.next();
+            if m.topic.ends_with("/status") && m.json["state"] == state {
+                return m;
+            }
+        }
+    }
+}
+
+fn json_of(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)))
+}
+
+fn request(id: &str, prompt: &str, max_tokens: usize) -> Value {
+    json!({"id": id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0})
+}
+
+/// A greedy request long enough to still be running when the test acts on it.
+fn long_request(id: &str, max_tokens: usize) -> Value {
+    request(id, "Tell me a long story about the sea", max_tokens)
+}
+
+/// Checks a stream of replies: `seq` counts from 0 in order, the final text is the
+/// concatenated chunks; returns the final event.
+fn check_sequence(chunks: &[Msg], done: &Msg) -> Value {
+    let mut text = String::new();
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c.json["seq"], i, "{c:?}");
+        text.push_str(c.json["token"].as_str().unwrap());
+    }
+    assert_eq!(done.json["seq"], chunks.len(), "{done:?}");
+    assert_eq!(done.json["done"], true, "{done:?}");
+    assert_eq!(done.json["text"], text.as_str(), "{done:?}");
+    done.json.clone()
+}
+
+#[test]
+fn mqtt5_replies_go_to_the_response_topic_with_the_correlation_data() {
+    let broker = Broker::start();
+    let d = Daemon::start(&broker, "n1", "", "");
+    let peer = Peer::v5(broker.port, "device-1");
+    peer.subscribe("test/replies/#");
+    peer.subscribe("bitnetd/n1/status");
+    peer.status_until("online");
+
+    let req = request("r1", "Hello there", 12);
+    peer.request5("bitnetd/n1/request", &req, "test/replies/a", "corr-1");
+    let (chunks, done) = peer.finish("r1");
+    assert!(!chunks.is_empty());
+    for m in chunks.iter().chain([&done]) {
+        assert_eq!(m.topic, "test/replies/a");
+        assert_eq!(m.correlation.as_deref(), Some(&b"corr-1"[..]), "{m:?}");
+        assert!(m.json.get("correlation_id").is_none(), "{m:?}");
+    }
+    let done = check_sequence(&chunks, &done);
+    let completion = done["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=12).contains(&completion), "{done}");
+
+    // Greedy: the same answer over the socket protocol's rules, here without streaming.
+    let mut again = request("r2", "Hello there", 12);
+    again["stream"] = json!(false);
+    peer.request5("bitnetd/n1/request", &again, "test/replies/b", "corr-2");
+    let m = peer.next();
+    assert_eq!(m.json["id"], "r2");
+    assert_eq!(m.json["seq"], 0);
+    assert_eq!(m.json["text"], done["text"]);
+    assert_eq!(m.correlation.as_deref(), Some(&b"corr-2"[..]));
+
+    // Commands work too.
+    peer.request5(
+        "bitnetd/n1/request",
+        &json!({"cmd": "status", "id": "s"}),
+        "test/replies/s",
+        "c",
+    );
+    let m = peer.next();
+    assert_eq!(m.json["status"]["requests"], 2, "{m:?}");
+    assert_eq!(m.json["status"]["model"], "tiny-i2_s.gguf", "{m:?}");
+
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("request r1 via mqtt"));
+    let line = line.unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("completion tokens") && line.contains("finish"),
+        "{line}"
+    );
+}
+
+#[test]
+fn mqtt311_requests_name_reply_to_and_get_their_correlation_id_back() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&broker, "n311", "protocol = \"3.1.1\"", "");
+    let peer = Peer::v4(broker.port, "device-311");
+    peer.subscribe("bitnetd/n311/status");
+    peer.status_until("online");
+    peer.subscribe("dev/311/reply");
+
+    let mut req = request("q1", "Hello there", 10);
+    req["reply_to"] = json!("dev/311/reply");
+    req["correlation_id"] = json!("c-9");
+    peer.publish("bitnetd/n311/request", req.to_string(), Default::default());
+    let (chunks, done) = peer.finish("q1");
+    for m in chunks.iter().chain([&done]) {
+        assert_eq!(m.topic, "dev/311/reply");
+        assert_eq!(m.json["correlation_id"], "c-9", "{m:?}");
+    }
+    check_sequence(&chunks, &done);
+
+    // A numeric correlation id comes back as a number; errors are echoed the same way.
+    let bad = json!({"id": "q2", "prompt": 5, "reply_to": "dev/311/reply", "correlation_id": 42});
+    peer.publish("bitnetd/n311/request", bad.to_string(), Default::default());
+    let m = peer.next();
+    assert_eq!(m.json["error"]["code"], "bad_request", "{m:?}");
+    assert_eq!(m.json["id"], "q2");
+    assert_eq!(m.json["correlation_id"], 42);
+}
+
+#[test]
+fn two_daemons_in_a_shared_group_split_the_requests() {
+    let broker = Broker::start();
+    let group = "group = \"fleet\"";
+    // Room in the queue for every request: this test is about sharing, not `busy`.
+    let limits = "[limits]\nqueue_depth = 32\n";
+    let a = Daemon::start(&broker, "a", group, limits);
+    let b = Daemon::start(&broker, "b", group, limits);
+    let peer = Peer::v5(broker.port, "fleet-client");
+    peer.subscribe("bitnetd/+/status");
+    let mut online = Vec::new();
+    while online.len() < 2 {
+        let m = peer.status_until("online");
+        if !online.contains(&m.json["node"]) {
+            online.push(m.json["node"].clone());
+        }
+    }
+    peer.subscribe("fleet/replies");
+    for i in 0..20 {
+        let mut req = request(&format!("f{i}"), "Count with me", 2);
+        req["stream"] = json!(false);
+        peer.request5("bitnetd/request", &req, "fleet/replies", &format!("c{i}"));
+    }
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 20 {
+        let m = peer.next();
+        assert_eq!(m.json["done"], true, "{m:?}");
+        let id = m.json["id"].as_str().unwrap().to_owned();
+        assert_eq!(m.correlation, Some(format!("c{}", &id[1..]).into_bytes()));
+        assert!(answered.insert(id, ()).is_none(), "{m:?} answered twice");
+    }
+    // Each daemon logs every request it served: together exactly the 20, each once.
+    let (la, lb) = (a.log(), b.log());
+    let served = |log: &str| log.lines().filter(|l| l.contains(" via mqtt:")).count();
+    assert_eq!(served(&la) + served(&lb), 20, "{la}\n{lb}");
+    assert!(served(&la) > 0 && served(&lb) > 0, "{la}\n{lb}");
+    for i in 0..20 {
+        let tag = format!("request f{i} via mqtt");
+        assert_eq!(
+            la.contains(&tag) as u8 + lb.contains(&tag) as u8,
+            1,
+            "{tag}"
+        );
+    }
+}
+
+#[test]
+fn after_a_broker_restart_the_daemon_answers_what_was_published_meanwhile() {
+    let mut broker = Broker::start();
+    let d = Daemon::start(&broker, "n1", "", "");
+    let watcher = Peer::v5(broker.side_port, "watcher");
+    watcher.subscribe("bitnetd/n1/status");
+    watcher.status_until("online");
+    // A request is running when the broker goes down.
+    watcher.subscribe("restart/first");
+    watcher.request5(
+        "bitnetd/n1/request",
+        &long_request("first", 500),
+        "restart/first",
+        "x",
+    );
+    assert!(watcher.next().json["token"].is_string());
+    broker.stop();
+    d.wait_log("connection to");
+
+    // The broker is back, but only on the side port: the daemon cannot reconnect yet.
+    // A device with a persistent session asks three questions; the broker queues them
+    // in the daemon's session.
+    broker.run(false);
+    let device = Peer::v5_session(broker.side_port, "device", Some(600));
+    device.subscribe("restart/replies");
+    for i in 0..3 {
+        let req = request(&format!("w{i}"), "What is the weather?", 3);
+        device.request5(
+            "bitnetd/n1/request",
+            &req,
+            "restart/replies",
+            &format!("c{i}"),
+        );
+    }
+    // The queue in the broker's database: a QoS 1 publish is stored once PUBACKed, and the
+    // device's next SUBACK comes after it.
+    device.subscribe("restart/sync");
+    drop(device);
+    broker.stop();
+
+    // Now everything is back: the daemon reconnects and answers the three.
+    broker.run(true);
+    let device = Peer::v5_session(broker.side_port, "device", Some(600));
+    let mut answered = Vec::new();
+    while answered.len() < 3 {
+        let m = device.next();
+        assert_eq!(m.topic, "restart/replies", "{m:?}");
+        if m.json["done"] == true {
+            let id = m.json["id"].as_str().unwrap().to_owned();
+            let c = String::from_utf8(m.correlation.unwrap()).unwrap();
+            assert_eq!(c[1..], id[1..]);
+            answered.push(id);
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, ["w0", "w1", "w2"]);
+    let watcher = Peer::v5(broker.side_port, "watcher-2");
+    watcher.subscribe("bitnetd/n1/status");
+    watcher.status_until("online");
+    let log = d.log();
+    assert!(
+        log.contains("connection to") && log.contains("lost"),
+        "{log}"
+    );
+    let reconnects = log.matches("mqtt: connected to").count();
+    assert!(reconnects >= 2, "{log}");
+}
+
+#[test]
+fn the_status_is_retained_and_the_last_will_says_offline() {
+    let broker = Broker::start();
+    let mut d = Daemon::start(&broker, "pi7", "status_interval_s = 1", "");
+    let peer = Peer::v5(broker.port, "monitor");
+    peer.subscribe("bitnetd/pi7/status");
+    let online = peer.status_until("online");
+    assert_eq!(online.json["node"], "pi7");
+    assert_eq!(online.json["model"], "tiny-i2_s.gguf");
+    for key in ["kernel", "threads", "queue_depth", "uptime_s", "requests"] {
+        assert!(online.json.get(key).is_some(), "{key} in {:?}", online.json);
+    }
+    // The periodic refresh (every second here) counts the uptime on.
+    loop {
+        let m = peer.status_until("online");
+        if m.json["uptime_s"].as_u64().unwrap() >= 1 {
+            break;
+        }
+    }
+
+    // SIGKILL: the broker publishes the last will, retained.
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let will = peer.status_until("offline");
+    assert_eq!(will.json, json!({"state": "offline", "node": "pi7"}));
+    let late = Peer::v5(broker.port, "late");
+    late.subscribe("bitnetd/pi7/status");
+    let m = late.next();
+    assert!(m.retain && m.json["state"] == "offline", "{m:?}");
+
+    // A daemon stopped with SIGTERM during a generation: the request gets a final
+    // `cancelled` event, then the status says offline, and the daemon exits 0 within 5 s.
+    let mut d = Daemon::start(&broker, "pi7", "", "");
+    peer.status_until("online");
+    peer.subscribe("pi7/replies");
+    peer.request5(
+        "bitnetd/pi7/request",
+        &long_request("long", 500),
+        "pi7/replies",
+        "l",
+    );
+    let first = peer.next();
+    assert!(first.json["token"].is_string(), "{first:?}");
+    signal(&d.child, "TERM");
+    let (mut cancelled, mut offline) = (false, false);
+    while !(cancelled && offline) {
+        let m = peer.next();
+        if m.topic.ends_with("/status") {
+            offline |= m.json["state"] == "offline";
+        } else if m.json["done"] == true {
+            assert_eq!(m.json["finish_reason"], "cancelled", "{m:?}");
+            cancelled = true;
+        }
+    }
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit within 5 s");
+    assert!(status.success(), "{status}");
+    let log = d.log();
+    assert!(log.contains("offline published, disconnected"), "{log}");
+    let late = Peer::v5(broker.port, "later");
+    late.subscribe("bitnetd/pi7/status");
+    let m = late.next();
+    assert!(m.retain && m.json["state"] == "offline", "{m:?}");
+    // An orderly disconnect: the broker did not have to send the will.
+    let mut broker_log = String::new();
+    std::fs::File::open(broker.dir.path().join("log"))
+        .unwrap()
+        .read_to_string(&mut broker_log)
+        .unwrap();
+    assert!(
+        broker_log.contains("Client bitnetd-pi7 disconnected."),
+        "{broker_log}"
+    );
+}
+
+#[test]
+fn malformed_payloads_get_error_replies_while_the_daemon_keeps_serving() {
+    let broker = Broker::start();
+    let d = Daemon::start(
+        &broker,
+        "n1",
+        "",
+        "[limits]\nmax_line_bytes = 1024\nmax_prompt_tokens = 64\n",
+    );
+    let valid = Peer::v5(broker.port, "good-device");
+    valid.subscribe("good/replies");
+    valid.subscribe("bitnetd/n1/status");
+    valid.status_until("online");
+    valid.request5(
+        "bitnetd/n1/request",
+        &request("ok", "A fine request", 20),
+        "good/replies",
+        "g",
+    );
+
+    let bad = Peer::v5(broker.port, "bad-device");
+    bad.subscribe("bad/replies");
+    let big = format!(r#"{{"id":"big","prompt":"{}"}}"#, "a".repeat(5000));
+    let cases: Vec<(Vec<u8>, &str, Option<&str>)> = vec![
+        (b"{not json".to_vec(), "bad_request", None),
+        (b"[1, 2, 3]".to_vec(), "bad_request", None),
+        (b"\"just a string\"".to_vec(), "bad_request", None),
+        (b"".to_vec(), "bad_request", None),
+        (b"{\"id\":\"\xff\xfe\"}".to_vec(), "bad_request", None),
+        (
+            br#"{"id":"t","prompt":42}"#.to_vec(),
+            "bad_request",
+            Some("t"),
+        ),
+        (
+            br#"{"id":"u","prompt":"x","colour":1}"#.to_vec(),
+            "bad_request",
+            Some("u"),
+        ),
+        (
+            br#"{"id":"m","prompt":"x","max_tokens":-1}"#.to_vec(),
+            "bad_request",
+            Some("m"),
+        ),
+        (
+            br#"{"id":"rt","prompt":"x","reply_to":7}"#.to_vec(),
+            "bad_request",
+            Some("rt"),
+        ),
+        (
+            br#"{"id":"ci","prompt":"x","correlation_id":{}}"#.to_vec(),
+            "bad_request",
+            Some("ci"),
+        ),
+        (
+            br#"{"id":"w","prompt":"x","reply_to":"a/#"}"#.to_vec(),
+            "bad_request",
+            Some("w"),
+        ),
+        (
+            br#"{"cancel":"nothing"}"#.to_vec(),
+            "bad_request",
+            Some("nothing"),
+        ),
+        (br#"{"cmd":"reboot"}"#.to_vec(), "bad_request", None),
+        (big.into_bytes(), "too_long", None),
+        (
+            format!(r#"{{"id":"long","prompt":"{}"}}"#, "word ".repeat(150)).into_bytes(),
+            "too_long",
+            Some("long"),
+        ),
+    ];
+    for (i, (payload, code, id)) in cases.iter().enumerate() {
+        let props = PublishProperties {
+            response_topic: Some("bad/replies".into()),
+            correlation_data: Some(format!("b{i}").into_bytes().into()),
+            ..Default::default()
+        };
+        bad.publish("bitnetd/n1/request", payload.clone(), props);
+        let m = bad.next();
+        let what = String::from_utf8_lossy(payload);
+        assert_eq!(m.json["error"]["code"], *code, "{m:?} for {what}");
+        assert!(!m.json["error"]["message"].as_str().unwrap().is_empty());
+        assert_eq!(m.correlation, Some(format!("b{i}").into_bytes()), "{what}");
+        if let Some(id) = id {
+            assert_eq!(m.json["id"], *id, "{m:?}");
+        }
+    }
+    // A bad request with nowhere to reply is logged.
+    bad.publish("bitnetd/n1/request", "nope", Default::default());
+    d.wait_log("nowhere to send");
+    // A bad MQTT 3.1.1-style request is answered on its reply_to.
+    let req = json!({"id": "v3", "prompt": [], "reply_to": "bad/replies"});
+    bad.publish("bitnetd/n1/request", req.to_string(), Default::default());
+    let m = bad.next();
+    assert_eq!(m.json["id"], "v3");
+    assert_eq!(m.json["error"]["code"], "bad_request");
+
+    // The valid request completed, and the daemon still serves.
+    let (chunks, done) = valid.finish("ok");
+    check_sequence(&chunks, &done);
+    bad.request5(
+        "bitnetd/n1/request",
+        &request("after", "Hi", 2),
+        "bad/replies",
+        "z",
+    );
+    let (chunks, done) = bad.finish("after");
+    check_sequence(&chunks, &done);
+}
+
+#[test]
+fn a_request_whose_message_expiry_passed_in_the_queue_is_answered_expired() {
+    let broker = Broker::start();
+    // Room for a generation that outlasts the expiry on any machine.
+    let _d = Daemon::start(&broker, "n1", "", "[limits]\nmax_new_tokens = 1000\n");
+    let peer = Peer::v5(broker.port, "device");
+    peer.subscribe("exp/#");
+    peer.subscribe("bitnetd/n1/status");
+    peer.status_until("online");
+    peer.request5(
+        "bitnetd/n1/request",
+        &long_request("long", 1000),
+        "exp/long",
+        "l",
+    );
+    assert!(peer.next().json["token"].is_string());
+    let props = PublishProperties {
+        response_topic: Some("exp/short".into()),
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    let published = Instant::now();
+    peer.publish(
+        "bitnetd/n1/request",
+        request("short", "Hi", 2).to_string(),
+        props,
+    );
+    // Keep the engine busy past the expiry, then free it.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(published.elapsed()));
+    peer.publish(
+        "bitnetd/n1/request",
+        json!({"cancel": "long"}).to_string(),
+        PublishProperties {
+            response_topic: Some("exp/long".into()),
+            ..Default::default()
+        },
+    );
+    let mut short = None;
+    let mut long_done = None;
+    while short.is_none() || long_done.is_none() {
+        let m = peer.next();
+        match m.topic.as_str() {
+            "exp/short" => short = Some(m),
+            _ if m.json["done"] == true => long_done = Some(m),
+            _ => {}
+        }
+    }
+    let long_done = long_done.unwrap();
+    assert_eq!(
+        long_done.json["finish_reason"], "cancelled",
+        "{long_done:?}"
+    );
+    let short = short.unwrap();
+    assert_eq!(short.json["id"], "short");
+    assert_eq!(short.json["error"]["code"], "expired", "{short:?}");
+}
+
+#[test]
+fn command_line_flags_turn_mqtt_on_and_name_the_topics() {
+    let broker = Broker::start();
+    let peer = Peer::v5(broker.port, "device");
+    peer.subscribe("home/llm/kitchen/status");
+    let broker_flag = format!("127.0.0.1:{}", broker.port);
+    // The file names no broker: the flags alone turn MQTT on.
+    let _d = Daemon::start_args(
+        "",
+        "",
+        &[
+            "--mqtt",
+            &broker_flag,
+            "--node",
+            "kitchen",
+            "--base-topic",
+            "home/llm",
+        ],
+        "as node kitchen",
+    );
+    peer.status_until("online");
+    peer.subscribe("kitchen/replies");
+    let req = request("k", "Hi", 2);
+    peer.request5("home/llm/kitchen/request", &req, "kitchen/replies", "k");
+    let (chunks, done) = peer.finish("k");
+    check_sequence(&chunks, &done);
+}
+
+#[test]
+fn tls_with_a_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Distinct names: OpenSSL takes a certificate whose subject is its issuer's for a root.
+    let params = |name: &str, san: Vec<String>| {
+        let mut p = CertificateParams::new(san).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p
+    };
+    let mut ca_params = params("bitnetd test CA", vec![]);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let params = params(name, vec![name.to_string()]);
+        (
+            params.signed_by(&key, &ca).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (server_cert, server_key) = leaf("127.0.0.1");
+    let (client_cert, client_key) = leaf("bitnetd");
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let mut broker = Broker::new();
+    broker.main_options = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true",
+        broker.file("ca.pem", &ca.pem()),
+        broker.file("server.pem", &server_cert),
+        broker.file("server.key", &server_key),
+    );
+    broker.run(true);
+
+    // The devices use the plain side listener; the daemon must get through TLS.
+    let peer = Peer::v5(broker.side_port, "device");
+    peer.subscribe("bitnetd/secure/status");
+    let tls = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}",
+        write("ca.pem", &ca.pem()),
+        write("client.pem", &client_cert),
+        write("client.key", &client_key),
+    );
+    let d = Daemon::start(&broker, "secure", &tls, "");
+    d.wait_log("mqtt: connected to");
+    peer.status_until("online");
+    peer.subscribe("secure/replies");
+    peer.request5(
+        "bitnetd/secure/request",
+        &request("s", "Hi", 2),
+        "secure/replies",
+        "s",
+    );
+    let (chunks, done) = peer.finish("s");
+    check_sequence(&chunks, &done);
+
+    // Without a client certificate the broker refuses the daemon, which keeps retrying.
+    let tls = format!("tls_ca = {:?}", write("ca.pem", &ca.pem()));
+    let d = Daemon::start(&broker, "nocert", &tls, "");
+    wait_for("the refused connection", || {
+        d.log().contains("cannot connect")
+    });
+    assert!(!d.log().contains("mqtt: connected to"), "{}", d.log());
+}
+
+#[test]
+fn bad_mqtt_settings_stop_the_daemon_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |mqtt: &str| {
+        let path = dir.path().join("c.toml");
+        let model = common::reference("tiny-i2_s.gguf");
+        let config = format!(
+            "model = {:?}\n[socket]\npath = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\n{mqtt}\n",
+            model.display().to_string(),
+            dir.path().join("s.sock").display().to_string()
+        );
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = serve("username = \"u\"\npassword_file = \"/nonexistent/pw\"");
+    assert!(err.contains("mqtt.password_file"), "{err}");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let err = serve(&format!("tls_ca = {:?}", not_pem.display().to_string()));
+    assert!(err.contains("mqtt.tls_ca"), "{err}");
+    let err = serve("qos = 5");
+    assert!(err.contains("mqtt.qos"), "{err}");
+    let err = serve("brokr = \"x\"");
+    assert!(err.contains("brokr"), "{err}");
+}
