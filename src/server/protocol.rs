@@ -160,7 +160,7 @@ fn parse_checked(
 ) -> Result<Incoming, Rejection> {
     let bad = |id: Option<String>, msg: String| Rejection::new(id, ErrorCode::BadRequest, msg);
     let Some(object) = value.as_object() else {
-        let kind = json_kind(&value);
+        let kind = json_kind(value);
         return Err(bad(
             None,
             format!("a request must be a JSON object, not {kind}"),
