@@ -1,6 +1,8 @@
-//! An 8-bit copy of the output projection, laid out for the kernels: int8 weights row by
-//! row and one f32 scale per block of 32, stored block-major (`scales[block * rows + row]`)
-//! so that eight consecutive rows' scales of a block load at once.
+//! An 8-bit copy of the output projection, laid out for the kernels: rows in groups of
+//! [`Q8_GROUP`], and within a group block by block, the group's 32 int8 values of each row
+//! for that block side by side (`qs`) and their f32 scales likewise (`scales`). A kernel
+//! doing a group of rows then reads two plain sequential streams, which the prefetchers
+//! follow at full speed. The last group is padded with zero rows.
 //!
 //! The values are Q8_0's: a file's Q8_0 embedding is taken as it is, and an F16 one is
 //! quantized as ggml's reference quantizer does (scale max|w| / 127, round half away
@@ -9,6 +11,9 @@
 use half::f16;
 
 use crate::scalar::{Q8_0_BLOCK, Q8_0_BYTES};
+
+/// Rows per group: one f32 lane each in an AVX2 register.
+pub const Q8_GROUP: usize = 8;
 
 pub struct Q8Matrix {
     qs: Vec<i8>,
@@ -21,8 +26,7 @@ impl Q8Matrix {
     /// Quantizes an F16 matrix of `cols` columns (a multiple of 32).
     pub fn from_f16(w: &[f16], cols: usize) -> Self {
         assert!(cols.is_multiple_of(Q8_0_BLOCK), "Q8_0 needs whole blocks");
-        let rows = w.len() / cols;
-        let mut m = Self::zeroed(rows, cols);
+        let mut m = Self::zeroed(w.len() / cols, cols);
         let mut values = [0f32; Q8_0_BLOCK];
         for (r, row) in w.chunks_exact(cols).enumerate() {
             for (b, block) in row.chunks_exact(Q8_0_BLOCK).enumerate() {
@@ -32,10 +36,10 @@ impl Q8Matrix {
                 let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                m.scales[b * rows + r] = f16::from_f32(d).to_f32();
-                let qs = &mut m.qs[r * cols + b * Q8_0_BLOCK..][..Q8_0_BLOCK];
+                let (qs, scale) = m.block_mut(r, b);
+                *scale = f16::from_f32(d).to_f32();
                 for (q, v) in qs.iter_mut().zip(values) {
-                    *q = (v * id).round() as i8;
+                    *q = round_to_i8(v * id);
                 }
             }
         }
@@ -48,12 +52,11 @@ impl Q8Matrix {
     pub fn from_q8_0(bytes: &[u8], cols: usize) -> Result<Self, usize> {
         assert!(cols.is_multiple_of(Q8_0_BLOCK), "Q8_0 needs whole blocks");
         let row_bytes = cols / Q8_0_BLOCK * Q8_0_BYTES;
-        let rows = bytes.len() / row_bytes;
-        let mut m = Self::zeroed(rows, cols);
+        let mut m = Self::zeroed(bytes.len() / row_bytes, cols);
         for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
             for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-                m.scales[b * rows + r] = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let qs = &mut m.qs[r * cols + b * Q8_0_BLOCK..][..Q8_0_BLOCK];
+                let (qs, scale) = m.block_mut(r, b);
+                *scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
                 for (i, (q, &v)) in qs.iter_mut().zip(&block[2..]).enumerate() {
                     if v as i8 == i8::MIN {
                         return Err(r * row_bytes + b * Q8_0_BYTES + 2 + i);
@@ -66,9 +69,10 @@ impl Q8Matrix {
     }
 
     fn zeroed(rows: usize, cols: usize) -> Self {
+        let padded = rows.next_multiple_of(Q8_GROUP);
         Q8Matrix {
-            qs: vec![0; rows * cols],
-            scales: vec![0.0; rows * cols / Q8_0_BLOCK],
+            qs: vec![0; padded * cols],
+            scales: vec![0.0; padded * cols / Q8_0_BLOCK],
             rows,
             cols,
         }
@@ -82,18 +86,66 @@ impl Q8Matrix {
         self.cols
     }
 
-    /// Row `r`'s int8 values.
-    pub fn row(&self, r: usize) -> &[i8] {
-        &self.qs[r * self.cols..(r + 1) * self.cols]
+    /// Where block `b` of row `r` is: its index among all blocks of the layout.
+    fn block_index(&self, r: usize, b: usize) -> usize {
+        let blocks = self.cols / Q8_0_BLOCK;
+        ((r / Q8_GROUP) * blocks + b) * Q8_GROUP + r % Q8_GROUP
     }
 
-    /// The scales of block `b` for every row.
-    pub fn block_scales(&self, b: usize) -> &[f32] {
-        &self.scales[b * self.rows..(b + 1) * self.rows]
+    fn block_mut(&mut self, r: usize, b: usize) -> (&mut [i8], &mut f32) {
+        let i = self.block_index(r, b);
+        (
+            &mut self.qs[i * Q8_0_BLOCK..][..Q8_0_BLOCK],
+            &mut self.scales[i],
+        )
+    }
+
+    /// Row `r`'s block `b`: its 32 values and its scale.
+    pub fn block(&self, r: usize, b: usize) -> (&[i8], f32) {
+        let i = self.block_index(r, b);
+        (&self.qs[i * Q8_0_BLOCK..][..Q8_0_BLOCK], self.scales[i])
+    }
+
+    /// Group `g`'s values and scales, block by block: `Q8_GROUP` rows of 32 values (and
+    /// `Q8_GROUP` scales) per block. Rows past `rows()` are zero.
+    pub fn group(&self, g: usize) -> (&[i8], &[f32]) {
+        let len = self.cols / Q8_0_BLOCK * Q8_GROUP;
+        (
+            &self.qs[g * len * Q8_0_BLOCK..][..len * Q8_0_BLOCK],
+            &self.scales[g * len..][..len],
+        )
     }
 
     /// Bytes held (for memory reports).
     pub fn bytes(&self) -> usize {
         self.qs.len() + self.scales.len() * 4
+    }
+}
+
+/// `roundf(x) as i8` for |x| ≤ 127.5 (to nearest, halves away from zero) without the
+/// libm call: the truncation is one instruction, and `x - trunc(x)` is exact.
+fn round_to_i8(x: f32) -> i8 {
+    let t = x as i32;
+    let fraction = x - t as f32;
+    (if fraction >= 0.5 {
+        t + 1
+    } else if fraction <= -0.5 {
+        t - 1
+    } else {
+        t
+    }) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_to_i8;
+
+    #[test]
+    fn rounding_matches_roundf() {
+        let edges = [0.5, 1.5, 2.5, 0.49999997, 126.5, 127.0, 127.49998, 1e-40, 0.0];
+        let sweep = (0..=127.5f32.to_bits()).step_by(997).map(f32::from_bits);
+        for x in edges.into_iter().chain(sweep).flat_map(|x| [x, -x]) {
+            assert_eq!(round_to_i8(x), x.round() as i8, "{x}");
+        }
     }
 }

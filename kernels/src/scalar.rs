@@ -196,19 +196,15 @@ pub fn q8_matmul(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
 /// `(scale_w * scale_x) * Σ w·x`, as [`q8_0_dot`] does.
 pub fn q8_row_dot(w: &Q8Matrix, r: usize, x: &[u8]) -> f32 {
     let mut acc = 0f32;
-    for (b, (wq, xb)) in w
-        .row(r)
-        .chunks_exact(Q8_0_BLOCK)
-        .zip(x.chunks_exact(Q8_0_BYTES))
-        .enumerate()
-    {
+    for (b, xb) in x.chunks_exact(Q8_0_BYTES).enumerate() {
+        let (wq, scale) = w.block(r, b);
         let dx = f16::from_le_bytes([xb[0], xb[1]]).to_f32();
         let sumi: i32 = wq
             .iter()
             .zip(&xb[2..])
             .map(|(&a, &b)| i32::from(a) * i32::from(b as i8))
             .sum();
-        acc += w.block_scales(b)[r] * dx * sumi as f32;
+        acc += scale * dx * sumi as f32;
     }
     acc
 }

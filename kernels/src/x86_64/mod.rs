@@ -18,6 +18,8 @@ pub use i2s_avx512::i2s_matmul_avx512;
 pub use q8_avx2::q8_matmul_avx2;
 pub use quantize_avx2::quantize_acts_avx2;
 
+use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+
 use crate::layout::I2S_BLOCK;
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
@@ -45,6 +47,22 @@ const TOKEN_TILE: usize = 4;
 /// Weight bytes per row chunk: the chunk stays in L2 while every token tile passes
 /// over it, so neither weights nor activations are streamed from memory more than once.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// How far ahead of the bytes being read [`prefetch_ahead`] asks for them: the hardware
+/// prefetchers alone keep one core's stream at about half the memory bandwidth.
+const PREFETCH_BYTES: usize = 4096;
+
+/// Prefetches the cache lines `PREFETCH_BYTES` past each of `bytes`' lines (a linear walk
+/// as far ahead as the reader goes).
+#[inline(always)]
+fn prefetch_ahead(bytes: &[u8]) {
+    for line in (0..bytes.len()).step_by(64) {
+        let ahead = bytes.as_ptr().wrapping_add(line + PREFETCH_BYTES);
+        // A prefetch never faults, whatever the address.
+        // SAFETY: SSE is part of x86-64; prefetching reads nothing architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
+    }
+}
 
 /// The shared I2_S driver: checks every bound the SIMD code relies on, then calls
 /// `tile(row_codes, tokens)` for each row and tile of at most [`TOKEN_TILE`] tokens.
@@ -78,6 +96,7 @@ fn i2s_drive(
                 *q = acts.token(t0 + j).0;
             }
             for r in chunk.clone() {
+                prefetch_ahead(&w.codes[r * row_bytes..(r + 1) * row_bytes]);
                 tile(
                     &w.codes[r * row_bytes..(r + 1) * row_bytes],
                     &q[..n],
