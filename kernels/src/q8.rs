@@ -142,7 +142,9 @@ mod tests {
 
     #[test]
     fn rounding_matches_roundf() {
-        let edges = [0.5, 1.5, 2.5, 0.49999997, 126.5, 127.0, 127.49998, 1e-40, 0.0];
+        let edges = [
+            0.5, 1.5, 2.5, 0.49999997, 126.5, 127.0, 127.49998, 1e-40, 0.0,
+        ];
         let sweep = (0..=127.5f32.to_bits()).step_by(997).map(f32::from_bits);
         for x in edges.into_iter().chain(sweep).flat_map(|x| [x, -x]) {
             assert_eq!(round_to_i8(x), x.round() as i8, "{x}");

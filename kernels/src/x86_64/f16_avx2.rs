@@ -92,7 +92,10 @@ unsafe fn tile<const R: usize, const T: usize>(
     for c in (0..body).step_by(8) {
         // The tile reads R rows at once, which hardware prefetchers follow badly when
         // rows are short: walk the tile's bytes linearly, PREFETCH_BYTES ahead.
-        let ahead = w.as_ptr().cast::<u8>().wrapping_add(c * 2 * R + PREFETCH_BYTES);
+        let ahead = w
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(c * 2 * R + PREFETCH_BYTES);
         // A prefetch never faults, whatever the address: a safe intrinsic here.
         _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
         for (i, acc) in acc.iter_mut().enumerate() {
