@@ -46,6 +46,32 @@ const TOKEN_TILE: usize = 4;
 /// over it, so neither weights nor activations are streamed from memory more than once.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// One I2_S kernel's tile: Σ code·q of one row (`codes`) for `N` tokens (`q`) into `sums`.
+trait I2sTile {
+    /// # Safety
+    /// The CPU has the features the implementation is compiled for.
+    unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]);
+}
+
+/// [`i2s_drive`] with `K`'s tile for as many tokens as each tile holds.
+///
+/// # Safety
+/// The CPU has the features `K::tile` needs.
+#[inline(always)]
+unsafe fn i2s_drive_tiles<K: I2sTile>(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
+    i2s_drive(w, acts, out, |codes, q, sums| {
+        // SAFETY: the caller guarantees the features `K::tile` needs.
+        unsafe {
+            match q.len() {
+                1 => K::tile::<1>(codes, q, sums),
+                2 => K::tile::<2>(codes, q, sums),
+                3 => K::tile::<3>(codes, q, sums),
+                _ => K::tile::<TOKEN_TILE>(codes, q, sums),
+            }
+        }
+    });
+}
+
 /// The shared I2_S driver: checks every bound the SIMD code relies on, then calls
 /// `tile(row_codes, tokens)` for each row and tile of at most [`TOKEN_TILE`] tokens.
 /// `tile` returns Σ code·q per token; the epilogue here turns it into Σ t·q and output.
