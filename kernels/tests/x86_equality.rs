@@ -7,7 +7,6 @@ mod common;
 use std::ops::Range;
 use std::sync::Once;
 
-use bitnet_kernels::layout::encode_i2s;
 use bitnet_kernels::q8::Q8Matrix;
 use bitnet_kernels::scalar;
 use bitnet_kernels::x86_64::{
@@ -15,7 +14,7 @@ use bitnet_kernels::x86_64::{
     i2s_matmul_avx512, q8_matmul_avx2, quantize_acts_avx2,
 };
 use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
-use common::{Rng, assert_same_bits};
+use common::{Rng, Weights, assert_same_bits, weights};
 use half::f16;
 
 type I2sKernel = fn(&I2sMatrix, &QuantizedActs, &mut OutRows);
@@ -39,11 +38,6 @@ fn i2s_kernels() -> Vec<(&'static str, I2sKernel)> {
             ok.then_some((name, f))
         })
         .collect()
-}
-
-fn ternary_codes(rng: &mut Rng, rows: usize, k: usize) -> Vec<u8> {
-    let w: Vec<i8> = (0..rows * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
-    encode_i2s(&w).unwrap()
 }
 
 fn quantized(x: &[f32], k: usize) -> QuantizedActs {
@@ -87,7 +81,7 @@ fn i2s_random_shapes() {
     let mut rng = Rng::new(1);
     for n_rows in [1, 3, 31, 640, 2560] {
         for k in [128, 256, 384, 2560, 6912] {
-            let codes = ternary_codes(&mut rng, n_rows, k);
+            let codes = weights(&mut rng, Weights::Random, n_rows, k);
             for n_tokens in [1, 2, 3, 5, 7, 128] {
                 // Keeps the debug-build scalar reference fast; every shape runs with 1 token.
                 if n_tokens > 1 && n_rows * k * n_tokens > 24_000_000 {
@@ -103,7 +97,7 @@ fn i2s_random_shapes() {
 #[test]
 fn i2s_all_zero_activations() {
     let mut rng = Rng::new(2);
-    let codes = ternary_codes(&mut rng, 31, 384);
+    let codes = weights(&mut rng, Weights::Random, 31, 384);
     check_i2s(&codes, 31, 384, &quantized(&vec![0.0; 5 * 384], 384), 0..31);
 }
 
@@ -141,14 +135,14 @@ fn i2s_code_three_reads_as_zero() {
 #[test]
 fn i2s_row_subrange_writes_only_those_rows() {
     let mut rng = Rng::new(4);
-    let codes = ternary_codes(&mut rng, 31, 256);
+    let codes = weights(&mut rng, Weights::Random, 31, 256);
     for n_tokens in [1, 5] {
         let x: Vec<f32> = (0..n_tokens * 256).map(|_| rng.unit()).collect();
         check_i2s(&codes, 31, 256, &quantized(&x, 256), 5..17);
         check_i2s(&codes, 31, 256, &quantized(&x, 256), 30..31);
     }
     // A range that starts and ends inside the kernels' row chunks.
-    let codes = ternary_codes(&mut rng, 640, 2560);
+    let codes = weights(&mut rng, Weights::Random, 640, 2560);
     let x: Vec<f32> = (0..5 * 2560).map(|_| rng.unit()).collect();
     check_i2s(&codes, 640, 2560, &quantized(&x, 2560), 100..333);
 }
