@@ -18,8 +18,7 @@ mod daemon;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use daemon::{Client, Daemon};
-use serde_json::json;
+use daemon::{Client, Daemon, SHORT_PROMPTS, request};
 
 /// 196 tokens of the tiny model's GPT-2 tokenizer; with the chat template and BOS, 200.
 const SYSTEM: &str = "You are Pip, the assistant of a small greenhouse. You answer questions from \
@@ -43,7 +42,7 @@ fn start(prefix_cache: bool) -> Daemon {
 /// (the first token, or the final event when no token was streamed) and the final event.
 fn ask(c: &mut Client, id: &str, prompt: &str, max_tokens: usize) -> (Duration, serde_json::Value) {
     let start = Instant::now();
-    c.send(&json!({"id": id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}));
+    c.send(&request(id, prompt, max_tokens));
     let mut e = c.event();
     let first = start.elapsed();
     while e["token"].is_string() {
@@ -95,19 +94,17 @@ fn requests(c: &mut Criterion) {
 
 /// Prints the daemon's RSS idle and after 1,000 short requests (`serve/rss`).
 fn rss() {
-    const PROMPTS: [&str; 5] = [
-        "Hi",
-        "Hello there",
-        "What time is it?",
-        "Tell me a joke",
-        "Why?",
-    ];
     let d = Daemon::start("threads = 1\n");
     let idle = d.rss_kb();
     let mut client = d.connect();
     let mut report = vec![];
     for i in 0..1000 {
-        ask(&mut client, &format!("m{i}"), PROMPTS[i % PROMPTS.len()], 4);
+        ask(
+            &mut client,
+            &format!("m{i}"),
+            SHORT_PROMPTS[i % SHORT_PROMPTS.len()],
+            4,
+        );
         if [0, 9, 99, 999].contains(&i) {
             report.push(format!("{} requests: {} kB", i + 1, d.rss_kb()));
         }

@@ -10,7 +10,7 @@ use std::net::Shutdown;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 
-use daemon::{Client, Daemon, PATIENCE, long_request, request};
+use daemon::{Client, Daemon, PATIENCE, SHORT_PROMPTS, long_request, request};
 use serde_json::{Value, json};
 
 #[test]
@@ -125,14 +125,6 @@ fn a_hundred_clients_at_once_each_get_exactly_one_outcome() {
 fn memory_stays_flat_over_a_thousand_requests() {
     const CONNECTIONS: usize = 4;
     const REQUESTS: usize = 1000;
-    // A few prompts over and over: a growing tokenizer cache is not a leak.
-    const PROMPTS: [&str; 5] = [
-        "Hi",
-        "Hello there",
-        "What time is it?",
-        "Tell me a joke",
-        "Why?",
-    ];
     let d = Daemon::start("");
     let idle = d.rss_kb();
     let run = |n: usize, tag: &str| {
@@ -144,8 +136,11 @@ fn memory_stays_flat_over_a_thousand_requests() {
                     let mut c = Client::new(&socket);
                     for i in (w..n).step_by(CONNECTIONS) {
                         let id = format!("{tag}{i}");
-                        let mut r =
-                            request(&id, PROMPTS[i % PROMPTS.len()], 1 + usize::from(i % 5 == 0));
+                        let mut r = request(
+                            &id,
+                            SHORT_PROMPTS[i % SHORT_PROMPTS.len()],
+                            1 + usize::from(i % 5 == 0),
+                        );
                         // Sampled, not greedy, with its own seed: the sampler's paths too.
                         r["temperature"] = json!(0.8);
                         r["seed"] = json!(i);

@@ -50,13 +50,7 @@ fn bytes(name: &'static str, line: &[u8], id: Option<&'static str>, names: &'sta
 /// A generation request with one field added or replaced.
 fn with(name: &'static str, field: &str, value: &str, names: &'static str) -> Case {
     let line = format!(r#"{{"id":"{name}","prompt":"Hi",{field}:{value}}}"#);
-    Case {
-        name,
-        line: line.into_bytes(),
-        code: "bad_request",
-        id: Some(name),
-        names,
-    }
+    bad(name, &line, Some(name), names)
 }
 
 fn cases() -> Vec<Case> {

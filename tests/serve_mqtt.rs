@@ -2,19 +2,17 @@
 //! binary serving the tiny reference model, and rumqttc clients playing the devices.
 
 mod common;
+mod daemon;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
+use daemon::{Daemon, PATIENCE, refused_config};
 use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
 use serde_json::{Value, json};
-
-/// Every wait in these tests gives up after this long (the tests never measure speed).
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `done` until it holds; panics with `what` after [`PATIENCE`].
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -142,94 +140,21 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-/// A running `bitnetd serve` with MQTT, killed on drop.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
+/// Starts a daemon as `node`; `mqtt` adds keys to `[mqtt]`, `extra` appends tables.
+fn start_daemon(broker: &Broker, node: &str, mqtt: &str, extra: &str) -> Daemon {
+    let mqtt = format!(
+        "host = \"127.0.0.1\"\nport = {}\nnode = {node:?}\nreconnect_max_s = 1\n{mqtt}",
+        broker.port
+    );
+    start_daemon_args(&mqtt, extra, &[], &format!("as node {node}"))
 }
 
-impl Daemon {
-    /// Starts a daemon as `node`; `mqtt` adds keys to `[mqtt]`, `extra` appends tables.
-    fn start(broker: &Broker, node: &str, mqtt: &str, extra: &str) -> Daemon {
-        let mqtt = format!(
-            "host = \"127.0.0.1\"\nport = {}\nnode = {node:?}\nreconnect_max_s = 1\n{mqtt}",
-            broker.port
-        );
-        Self::start_args(&mqtt, extra, &[], &format!("as node {node}"))
-    }
-
-    /// Starts a daemon with `mqtt` as its `[mqtt]` table and `args` after `serve`; waits
-    /// for READY=1 with `ready` in its status.
-    fn start_args(mqtt: &str, extra: &str, args: &[&str], ready: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("bitnetd.toml");
-        let model = common::reference("tiny-i2_s.gguf");
-        std::fs::write(
-            &config,
-            format!(
-                "model = {:?}\nctx_size = 1024\n[socket]\npath = {:?}\n[mqtt]\n{mqtt}\n{extra}",
-                model.display().to_string(),
-                dir.path().join("bitnetd.sock").display().to_string(),
-            ),
-        )
-        .unwrap();
-        let notify_path = dir.path().join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(PATIENCE)).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(args)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        let n = notify.recv(&mut buf).expect("READY from the daemon");
-        let ready_text = ready;
-        let ready = String::from_utf8_lossy(&buf[..n]);
-        assert!(ready.contains("READY=1"), "{ready}");
-        assert!(ready.contains(ready_text), "{ready}");
-        Daemon { child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap()
-    }
-
-    /// Waits for `needle` in the log; panics with the log after [`PATIENCE`].
-    fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no {needle:?} in\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a daemon with `mqtt` as its `[mqtt]` table and `args` after `serve`; waits for
+/// READY=1 with `ready` in its status.
+fn start_daemon_args(mqtt: &str, extra: &str, args: &[&str], ready: &str) -> Daemon {
+    let d = Daemon::launch(&format!("[mqtt]\n{mqtt}\n{extra}"), args, &[]);
+    assert!(d.ready.contains(ready), "{}", d.ready);
+    d
 }
 
 /// A message a test client received.
@@ -442,7 +367,7 @@ fn check_sequence(chunks: &[Msg], done: &Msg) -> Value {
 #[test]
 fn mqtt5_replies_go_to_the_response_topic_with_the_correlation_data() {
     let broker = Broker::start();
-    let d = Daemon::start(&broker, "n1", "", "");
+    let d = start_daemon(&broker, "n1", "", "");
     let peer = Peer::v5(broker.port, "device-1");
     peer.subscribe("test/replies/#");
     peer.subscribe("bitnetd/n1/status");
@@ -494,7 +419,7 @@ fn mqtt5_replies_go_to_the_response_topic_with_the_correlation_data() {
 #[test]
 fn mqtt311_requests_name_reply_to_and_get_their_correlation_id_back() {
     let broker = Broker::start();
-    let _d = Daemon::start(&broker, "n311", "protocol = \"3.1.1\"", "");
+    let _d = start_daemon(&broker, "n311", "protocol = \"3.1.1\"", "");
     let peer = Peer::v4(broker.port, "device-311");
     peer.subscribe("bitnetd/n311/status");
     peer.status_until("online");
@@ -526,8 +451,8 @@ fn two_daemons_in_a_shared_group_split_the_requests() {
     let group = "group = \"fleet\"";
     // Room in the queue for every request: this test is about sharing, not `busy`.
     let limits = "[limits]\nqueue_depth = 32\n";
-    let a = Daemon::start(&broker, "a", group, limits);
-    let b = Daemon::start(&broker, "b", group, limits);
+    let a = start_daemon(&broker, "a", group, limits);
+    let b = start_daemon(&broker, "b", group, limits);
     let peer = Peer::v5(broker.port, "fleet-client");
     peer.subscribe("bitnetd/+/status");
     let mut online = Vec::new();
@@ -569,7 +494,7 @@ fn two_daemons_in_a_shared_group_split_the_requests() {
 #[test]
 fn after_a_broker_restart_the_daemon_answers_what_was_published_meanwhile() {
     let mut broker = Broker::start();
-    let d = Daemon::start(&broker, "n1", "", "");
+    let d = start_daemon(&broker, "n1", "", "");
     let watcher = Peer::v5(broker.side_port, "watcher");
     watcher.subscribe("bitnetd/n1/status");
     watcher.status_until("online");
@@ -637,7 +562,7 @@ fn after_a_broker_restart_the_daemon_answers_what_was_published_meanwhile() {
 #[test]
 fn the_status_is_retained_and_the_last_will_says_offline() {
     let broker = Broker::start();
-    let mut d = Daemon::start(&broker, "pi7", "status_interval_s = 1", "");
+    let mut d = start_daemon(&broker, "pi7", "status_interval_s = 1", "");
     let peer = Peer::v5(broker.port, "monitor");
     peer.subscribe("bitnetd/pi7/status");
     let online = peer.status_until("online");
@@ -666,7 +591,7 @@ fn the_status_is_retained_and_the_last_will_says_offline() {
 
     // A daemon stopped with SIGTERM during a generation: the request gets a final
     // `cancelled` event, then the status says offline, and the daemon exits 0 within 5 s.
-    let mut d = Daemon::start(&broker, "pi7", "", "");
+    let mut d = start_daemon(&broker, "pi7", "", "");
     peer.status_until("online");
     peer.subscribe("pi7/replies");
     peer.request5(
@@ -713,7 +638,7 @@ fn the_status_is_retained_and_the_last_will_says_offline() {
 #[test]
 fn malformed_payloads_get_error_replies_while_the_daemon_keeps_serving() {
     let broker = Broker::start();
-    let d = Daemon::start(
+    let d = start_daemon(
         &broker,
         "n1",
         "",
@@ -825,7 +750,7 @@ fn malformed_payloads_get_error_replies_while_the_daemon_keeps_serving() {
 fn a_request_whose_message_expiry_passed_in_the_queue_is_answered_expired() {
     let broker = Broker::start();
     // Room for a generation that outlasts the expiry on any machine.
-    let _d = Daemon::start(&broker, "n1", "", "[limits]\nmax_new_tokens = 1000\n");
+    let _d = start_daemon(&broker, "n1", "", "[limits]\nmax_new_tokens = 1000\n");
     let peer = Peer::v5(broker.port, "device");
     peer.subscribe("exp/#");
     peer.subscribe("bitnetd/n1/status");
@@ -885,7 +810,7 @@ fn command_line_flags_turn_mqtt_on_and_name_the_topics() {
     peer.subscribe("home/llm/kitchen/status");
     let broker_flag = format!("127.0.0.1:{}", broker.port);
     // The file names no broker: the flags alone turn MQTT on.
-    let _d = Daemon::start_args(
+    let _d = start_daemon_args(
         "",
         "",
         &[
@@ -953,7 +878,7 @@ fn tls_with_a_client_certificate() {
         write("client.pem", &client_cert),
         write("client.key", &client_key),
     );
-    let d = Daemon::start(&broker, "secure", &tls, "");
+    let d = start_daemon(&broker, "secure", &tls, "");
     d.wait_log("mqtt: connected to");
     peer.status_until("online");
     peer.subscribe("secure/replies");
@@ -968,7 +893,7 @@ fn tls_with_a_client_certificate() {
 
     // Without a client certificate the broker refuses the daemon, which keeps retrying.
     let tls = format!("tls_ca = {:?}", write("ca.pem", &ca.pem()));
-    let d = Daemon::start(&broker, "nocert", &tls, "");
+    let d = start_daemon(&broker, "nocert", &tls, "");
     wait_for("the refused connection", || {
         d.log().contains("cannot connect")
     });
@@ -979,21 +904,13 @@ fn tls_with_a_client_certificate() {
 fn bad_mqtt_settings_stop_the_daemon_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let serve = |mqtt: &str| {
-        let path = dir.path().join("c.toml");
         let model = common::reference("tiny-i2_s.gguf");
         let config = format!(
             "model = {:?}\n[socket]\npath = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\n{mqtt}\n",
             model.display().to_string(),
             dir.path().join("s.sock").display().to_string()
         );
-        std::fs::write(&path, config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8(out.stderr).unwrap()
+        refused_config(dir.path(), &config)
     };
     let err = serve("username = \"u\"\npassword_file = \"/nonexistent/pw\"");
     assert!(err.contains("mqtt.password_file"), "{err}");

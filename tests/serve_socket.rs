@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::{Client, Daemon, PATIENCE, long_request, request};
+use daemon::{Client, Daemon, PATIENCE, long_request, refused_config, request};
 use serde_json::{Value, json};
 
 #[test]
@@ -241,17 +241,7 @@ fn ask_streams_the_answer() {
 #[test]
 fn bad_config_or_model_stops_the_daemon_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = |config: &str| {
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8(out.stderr).unwrap()
-    };
+    let serve = |config: &str| refused_config(dir.path(), config);
     let err = serve("[limits]\nqueue_deep = 2\n");
     assert!(err.contains("queue_deep"), "{err}");
     let err = serve("threads = -3\n");
@@ -285,7 +275,7 @@ fn a_request_past_its_timeout_is_cancelled() {
 fn the_watchdog_is_pinged_while_the_engine_lives() {
     // A 2 s period: a check every 500 ms, a ping when the engine beat (a token, or a 500 ms
     // idle wait on the queue) within the last second. Idle or busy, pings keep coming.
-    let d = Daemon::start_with("", &[("WATCHDOG_USEC", "2000000")]);
+    let d = Daemon::launch("", &[], &[("WATCHDOG_USEC", "2000000")]);
     let got = d.notification();
     assert!(got.contains("WATCHDOG=1"), "{got}");
     let mut c = d.connect();

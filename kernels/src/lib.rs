@@ -20,6 +20,8 @@
 pub mod aarch64;
 pub mod broadcast;
 pub mod dispatch;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod f16_drive;
 pub mod layout;
 pub mod q8;
 pub mod rows;

@@ -105,3 +105,18 @@ pub fn peak_rss() -> Option<u64> {
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Parses `argv` (without the program name) as one command's arguments, for the commands'
+/// tests.
+#[cfg(test)]
+pub fn parse_args<A: clap::Args>(argv: &[&str]) -> Result<A, clap::Error> {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+
+    Cli::<A>::try_parse_from(std::iter::once("bitnetd").chain(argv.iter().copied())).map(|c| c.args)
+}

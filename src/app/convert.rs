@@ -42,18 +42,10 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ConvertArgs,
-    }
-
     fn parse(argv: &[&str]) -> Result<ConvertArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("convert").chain(argv.iter().copied())).map(|c| c.args)
+        crate::app::common::parse_args(argv)
     }
 
     #[test]

@@ -72,19 +72,10 @@ pub fn run(args: &GenDummyArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: GenDummyArgs,
-    }
-
     fn parse(argv: &[&str]) -> Result<GenDummyArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("gen-dummy").chain(argv.iter().copied()))
-            .map(|c| c.args)
+        crate::app::common::parse_args(argv)
     }
 
     #[test]

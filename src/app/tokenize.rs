@@ -98,19 +98,12 @@ fn write_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::common::parse_args;
     use crate::tokenizer::test_gguf::{gguf, i32s, str, strs};
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: TokenizeArgs,
-    }
 
     #[test]
     fn parses_llama_tokenize_style_flags() {
-        let cli = Cli::parse_from([
-            "t",
+        let a: TokenizeArgs = parse_args(&[
             "-m",
             "x.gguf",
             "-p",
@@ -119,8 +112,8 @@ mod tests {
             "--json",
             "--pretokenizer",
             "gpt-2",
-        ]);
-        let a = cli.args;
+        ])
+        .unwrap();
         assert_eq!(a.model, PathBuf::from("x.gguf"));
         assert_eq!(
             (

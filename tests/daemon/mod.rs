@@ -18,6 +18,8 @@ pub struct Daemon {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The notification that said READY=1, with the daemon's status line.
+    pub ready: String,
     /// systemd's end of NOTIFY_SOCKET.
     notify: UnixDatagram,
 }
@@ -26,11 +28,11 @@ impl Daemon {
     /// Starts the daemon with `extra` in its config (top-level keys first, then any tables
     /// but `[socket]`) and waits for READY=1.
     pub fn start(extra: &str) -> Daemon {
-        Self::start_with(extra, &[])
+        Self::launch(extra, &[], &[])
     }
 
-    /// As `start`, with extra environment variables.
-    pub fn start_with(extra: &str, env: &[(&str, &str)]) -> Daemon {
+    /// As `start`, with `args` after `serve --config FILE` and extra environment variables.
+    pub fn launch(extra: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("bitnetd.sock");
         let config = dir.path().join("bitnetd.toml");
@@ -51,6 +53,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
             .args(["serve", "--config"])
             .arg(&config)
+            .args(args)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -58,15 +61,20 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap();
-        let d = Daemon {
+        let mut d = Daemon {
             child,
             dir,
             socket,
+            ready: String::new(),
             notify,
         };
-        let ready = d.notification();
-        assert!(ready.contains("READY=1"), "{ready}");
-        assert!(ready.contains("STATUS=serving tiny-i2_s.gguf"), "{ready}");
+        d.ready = d.notification();
+        assert!(d.ready.contains("READY=1"), "{}", d.ready);
+        assert!(
+            d.ready.contains("STATUS=serving tiny-i2_s.gguf"),
+            "{}",
+            d.ready
+        );
         // The transport is open before READY.
         assert!(d.socket.exists());
         d
@@ -103,6 +111,19 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap()
     }
 
+    /// Waits for `needle` in the log; panics with the log after [`PATIENCE`].
+    pub fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no {needle:?} in\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -129,6 +150,20 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `bitnetd serve` with `config` (written to `dir`/c.toml), which must refuse to start;
+/// returns what it printed on stderr.
+pub fn refused_config(dir: &Path, config: &str) -> String {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
 }
 
 /// One socket connection.
@@ -176,6 +211,16 @@ impl Client {
         }
     }
 }
+
+/// Short prompts to repeat in many requests (a few over and over: a growing tokenizer cache
+/// is not a leak).
+pub const SHORT_PROMPTS: [&str; 5] = [
+    "Hi",
+    "Hello there",
+    "What time is it?",
+    "Tell me a joke",
+    "Why?",
+];
 
 pub fn request(id: &str, prompt: &str, max_tokens: usize) -> Value {
     json!({"id": id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0})

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{TOKEN_TILE, i2s_drive};
+use super::{I2sTile, i2s_drive_tiles};
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 
@@ -13,17 +13,18 @@ use crate::{I2sMatrix, OutRows, QuantizedActs};
 /// when [`super::i2s_avx512_available`] is true.
 pub fn i2s_matmul_avx512(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     assert!(super::i2s_avx512_available(), "AVX-512 VNNI required");
-    i2s_drive(w, acts, out, |codes, q, sums| {
-        // SAFETY: AVX-512 F, BW and VNNI are present (asserted above).
-        unsafe {
-            match q.len() {
-                1 => tile::<1>(codes, q, sums),
-                2 => tile::<2>(codes, q, sums),
-                3 => tile::<3>(codes, q, sums),
-                _ => tile::<TOKEN_TILE>(codes, q, sums),
-            }
-        }
-    });
+    // SAFETY: AVX-512 F, BW and VNNI are present (asserted above).
+    unsafe { i2s_drive_tiles::<Avx512>(w, acts, out) }
+}
+
+struct Avx512;
+
+impl I2sTile for Avx512 {
+    #[inline(always)]
+    unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]) {
+        // SAFETY: the caller guarantees the features of `tile` (the trait's contract).
+        unsafe { tile::<N>(codes, q, sums) }
+    }
 }
 
 /// Σ code·q of one row for `N` tokens, unpacking each weight block once for all of them.

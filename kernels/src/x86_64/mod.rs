@@ -58,10 +58,36 @@ const PREFETCH_BYTES: usize = 4096;
 fn prefetch_ahead(bytes: &[u8]) {
     for line in (0..bytes.len()).step_by(64) {
         let ahead = bytes.as_ptr().wrapping_add(line + PREFETCH_BYTES);
-        // A prefetch never faults, whatever the address.
-        // SAFETY: SSE is part of x86-64; prefetching reads nothing architecturally.
+        // SAFETY: a prefetch never faults and changes no state a program sees, whatever
+        // the address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
     }
+}
+
+/// One I2_S kernel's tile: Σ code·q of one row (`codes`) for `N` tokens (`q`) into `sums`.
+trait I2sTile {
+    /// # Safety
+    /// The CPU has the features the implementation is compiled for.
+    unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]);
+}
+
+/// [`i2s_drive`] with `K`'s tile for as many tokens as each tile holds.
+///
+/// # Safety
+/// The CPU has the features `K::tile` needs.
+#[inline(always)]
+unsafe fn i2s_drive_tiles<K: I2sTile>(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
+    i2s_drive(w, acts, out, |codes, q, sums| {
+        // SAFETY: the caller guarantees the features `K::tile` needs.
+        unsafe {
+            match q.len() {
+                1 => K::tile::<1>(codes, q, sums),
+                2 => K::tile::<2>(codes, q, sums),
+                3 => K::tile::<3>(codes, q, sums),
+                _ => K::tile::<TOKEN_TILE>(codes, q, sums),
+            }
+        }
+    });
 }
 
 /// The shared I2_S driver: checks every bound the SIMD code relies on, then calls

@@ -1,11 +1,14 @@
-//! Shared inputs for the kernel equality tests: every kernel must reproduce
-//! `scalar::i2s_matmul` bit for bit.
+//! Shared inputs and checks for the kernel equality tests: every kernel must reproduce its
+//! `scalar` counterpart bit for bit.
+#![allow(dead_code)] // each test binary uses its own subset
 
+use std::fmt::Display;
 use std::ops::Range;
 
 use bitnet_kernels::layout::encode_i2s;
-use bitnet_kernels::scalar::i2s_matmul;
+use bitnet_kernels::scalar::{self, LaneSum, i2s_matmul};
 use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
+use half::f16;
 
 /// SplitMix64: tiny and deterministic, so a failing case reproduces.
 pub struct Rng(u64);
@@ -25,6 +28,11 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+
+    /// A float in [-1, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     }
 }
 
@@ -95,17 +103,8 @@ pub fn check_case(kernel: Kernel, w: &I2sMatrix, acts: &QuantizedActs, rows: Ran
         acts,
         &mut OutRows::new(&mut got, tokens, w.rows, rows.clone()),
     );
-    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(
-            a.to_bits(),
-            b.to_bits(),
-            "token {} row {} (rows {rows:?} of {}x{}): got {a}, want {b}",
-            i / w.rows,
-            i % w.rows,
-            w.rows,
-            w.cols
-        );
-    }
+    let case = format_args!("rows {rows:?} of {}x{}", w.rows, w.cols);
+    assert_same_bits(&got, &want, w.rows, case);
 }
 
 /// Every shape, token count, edge input and row sub-range the brief lists. Returns
@@ -150,4 +149,175 @@ pub fn check_all(kernel: Kernel) -> usize {
         }
     }
     cases
+}
+
+/// Asserts that two `[token][n_rows]` outputs are equal bit for bit, naming `case` and the
+/// first token and row that differ.
+pub fn assert_same_bits(got: &[f32], want: &[f32], n_rows: usize, case: impl Display) {
+    assert_eq!(got.len(), want.len(), "{case}: output lengths");
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "{case}: token {} row {}: got {g}, want {e}",
+            i / n_rows,
+            i % n_rows
+        );
+    }
+}
+
+/// An F16 output projection under test, with the `scalar::f16_matmul` contract.
+pub type F16Kernel = fn(&[f16], usize, &[f16], LaneSum, &mut OutRows, &mut Vec<f32>);
+
+/// Compares `kernel` bit for bit with `scalar::f16_matmul` (the same partial sums in the same
+/// order, so no tolerance) for both lane sums; outputs outside `rows` must stay untouched.
+pub fn check_f16(kernel: F16Kernel, w: &[f16], cols: usize, x: &[f32], rows: Range<usize>) {
+    let (n_rows, n_tokens) = (w.len() / cols, x.len() / cols);
+    let mut x16 = Vec::new();
+    scalar::round_to_f16(x, &mut x16);
+    let sentinel = f32::from_bits(0x7fc0_1234);
+    for lanes in [LaneSum::InOrder, LaneSum::Halving] {
+        let mut want = vec![sentinel; n_rows * n_tokens];
+        let mut got = want.clone();
+        let mut want_rows = OutRows::new(&mut want, n_tokens, n_rows, rows.clone());
+        scalar::f16_matmul(w, cols, &x16, lanes, &mut want_rows, &mut Vec::new());
+        let mut got_rows = OutRows::new(&mut got, n_tokens, n_rows, rows.clone());
+        kernel(w, cols, &x16, lanes, &mut got_rows, &mut Vec::new());
+        let case = format_args!("{n_rows}x{cols}, {n_tokens} tokens, rows {rows:?}, {lanes:?}");
+        assert_same_bits(&got, &want, n_rows, case);
+    }
+}
+
+/// [`check_f16`] on random matrices of many shapes.
+pub fn f16_random_shapes(kernel: F16Kernel) {
+    let mut rng = Rng::new(5);
+    // Column counts that are not multiples of 8 exercise the scalar tail.
+    for cols in [1, 7, 8, 13, 100, 256, 768, 2560] {
+        for n_rows in [1, 3, 4, 5, 31, 640] {
+            let w: Vec<f16> = (0..n_rows * cols)
+                .map(|_| f16::from_f32(rng.unit() * 0.2))
+                .collect();
+            for n_tokens in [1, 2, 3, 5, 7] {
+                let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.unit() * 8.0).collect();
+                check_f16(kernel, &w, cols, &x, 0..n_rows);
+            }
+        }
+    }
+}
+
+/// [`check_f16`] on row sub-ranges (within and across the kernels' row chunks) and on
+/// special halves.
+pub fn f16_row_subrange_and_specials(kernel: F16Kernel) {
+    let mut rng = Rng::new(6);
+    let cols = 264;
+    let mut w: Vec<f16> = (0..31 * cols).map(|_| f16::from_f32(rng.unit())).collect();
+    // Signed zeros, subnormals, the extremes, infinities and a NaN.
+    w[..9].copy_from_slice(&[
+        f16::NEG_ZERO,
+        f16::ZERO,
+        f16::from_bits(1),
+        f16::from_bits(0x8001),
+        f16::MAX,
+        f16::MIN,
+        f16::INFINITY,
+        f16::NEG_INFINITY,
+        f16::NAN,
+    ]);
+    // Subnormal halves in the middle of another row's vector body.
+    for (i, v) in w[2 * cols..2 * cols + 16].iter_mut().enumerate() {
+        let sign = if i % 2 == 1 { 0x8000 } else { 0 };
+        *v = f16::from_bits(sign | (1 + i as u16 * 0x3f));
+    }
+    let x: Vec<f32> = (0..5 * cols).map(|_| rng.unit() * 100.0).collect();
+    check_f16(kernel, &w, cols, &x, 5..17);
+    check_f16(kernel, &w, cols, &x, 0..31);
+    check_f16(kernel, &w, cols, &x[..cols], 0..31);
+    // A range across the kernels' row chunks (12 rows of 2560 columns each).
+    let wide: Vec<f16> = (0..100 * 2560).map(|_| f16::from_f32(rng.unit())).collect();
+    let xw: Vec<f32> = (0..3 * 2560).map(|_| rng.unit()).collect();
+    check_f16(kernel, &wide, 2560, &xw, 7..61);
+    check_f16(kernel, &wide, 2560, &xw[..2560], 7..61);
+    let zeros = vec![f16::NEG_ZERO; 3 * cols];
+    check_f16(kernel, &zeros, cols, &vec![-0.0; cols], 0..3);
+}
+
+/// An activation quantizer under test, with the `scalar::quantize_acts` contract.
+pub type QuantizeKernel = fn(&[f32], usize, &mut QuantizedActs);
+
+/// Quantizes with `kernel` and the scalar reference and compares values, scales and sums
+/// exactly.
+pub fn check_quantize(kernel: QuantizeKernel, x: &[f32], k: usize) {
+    let mut want = QuantizedActs::new();
+    scalar::quantize_acts(x, k, &mut want);
+    // A used buffer of another shape must be fully overwritten.
+    let mut got = QuantizedActs::new();
+    scalar::quantize_acts(&vec![3.0; 2 * 7000], 7000, &mut got);
+    kernel(x, k, &mut got);
+    assert_eq!((got.k(), got.n_tokens()), (want.k(), want.n_tokens()));
+    for t in 0..want.n_tokens() {
+        let ((gq, gs, gsum), (wq, ws, wsum)) = (got.token(t), want.token(t));
+        assert_eq!(gq, wq, "k {k} token {t}: values");
+        assert_eq!(gs.to_bits(), ws.to_bits(), "k {k} token {t}: scale");
+        assert_eq!(gsum, wsum, "k {k} token {t}: sum");
+    }
+}
+
+/// [`check_quantize`] on random tokens of many lengths (vector bodies and tails).
+pub fn quantize_random_lengths(kernel: QuantizeKernel) {
+    let mut rng = Rng::new(7);
+    for k in [
+        1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 100, 128, 768, 2560, 3072, 6912,
+    ] {
+        for n_tokens in [1, 3] {
+            let x: Vec<f32> = (0..n_tokens * k).map(|_| rng.unit() * 3.0).collect();
+            check_quantize(kernel, &x, k);
+        }
+    }
+}
+
+/// [`check_quantize`] on rounding ties, zeros, NaN, infinities, tiny and huge values.
+pub fn quantize_ties_zeros_and_specials(kernel: QuantizeKernel) {
+    let check = |x: &[f32], k| check_quantize(kernel, x, k);
+    // Max 127 gives scale 1, so every x.5 is a tie that must round to even.
+    let k = 96;
+    let ties: Vec<f32> = (0..k)
+        .map(|i| {
+            if i == 0 {
+                127.0
+            } else {
+                (i as f32 - 48.0) + 0.5
+            }
+        })
+        .collect();
+    check(&ties, k);
+    check(&vec![0.0; 2 * k], k);
+    check(&vec![-0.0; k], k);
+    let mut x: Vec<f32> = (0..k).map(|i| i as f32 * 1e-3 - 0.04).collect();
+    x[40] = f32::from_bits(1);
+    check(&x, k);
+    // NaN in the vector body, in the tail, and a signalling NaN; then with an infinity too.
+    for (at, nan) in [
+        (3, f32::NAN),
+        (95, f32::NAN),
+        (10, f32::from_bits(0x7f80_0001)),
+    ] {
+        let mut y = x.clone();
+        y[at] = nan;
+        check(&y, k);
+        check(&y[..k - 1], k - 1);
+        y[50] = f32::INFINITY;
+        check(&y, k);
+    }
+    x[50] = f32::INFINITY;
+    check(&x, k);
+    x[50] = f32::NEG_INFINITY;
+    check(&x, k);
+    // All NaN, and values far below the 1e-5 floor of the max.
+    check(&vec![f32::NAN; k], k);
+    check(&vec![1e-9; k], k);
+    // Products beyond the int8 range once rounded: saturate like the scalar clamp.
+    let mut big: Vec<f32> = (0..k).map(|i| i as f32 - 48.0).collect();
+    big[7] = f32::MAX;
+    big[8] = -f32::MAX;
+    check(&big, k);
 }

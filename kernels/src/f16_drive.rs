@@ -1,0 +1,92 @@
+//! The driver shared by the SIMD F16 output projections: each architecture supplies only
+//! its tile of dot products ([`F16Tile`]); the row chunks and token tiles are walked here.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::OutRows;
+use crate::scalar::LaneSum;
+
+/// Weight bytes per row chunk, revisited from cache by every tile of tokens.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// One architecture's tile kernel.
+pub(crate) trait F16Tile {
+    /// Dot products of `R` weight rows with `T` tokens (`w`, `x`: rows of `cols`) into
+    /// `sums[row][token]`, each with the summation of `scalar::dot_f32`.
+    ///
+    /// # Safety
+    /// The CPU has the features the implementation is compiled for.
+    unsafe fn tile<const R: usize, const T: usize>(
+        w: &[f16],
+        x: &[f32],
+        cols: usize,
+        lanes: LaneSum,
+        sums: &mut [[f32; 4]; 4],
+    );
+}
+
+/// [`crate::scalar::f16_matmul`] with `K`'s tiles: for each row chunk, tiles of four rows
+/// by one token, or of two rows by up to four tokens. `scratch` is reused for the f32
+/// activations.
+///
+/// # Safety
+/// The CPU has the features `K::tile` needs.
+#[inline(always)]
+pub(crate) unsafe fn f16_drive<K: F16Tile>(
+    w: &[f16],
+    cols: usize,
+    x16: &[f16],
+    lanes: LaneSum,
+    out: &mut OutRows,
+    scratch: &mut Vec<f32>,
+) {
+    let n_rows = w.len() / cols;
+    let n_tokens = x16.len() / cols;
+    let rows = out.rows();
+    assert!(rows.end <= n_rows, "row range");
+    assert_eq!(out.n_tokens(), n_tokens, "output tokens");
+    scratch.resize(cols * n_tokens, 0.0);
+    // Exact: every f16 is an f32.
+    x16[..cols * n_tokens].convert_to_f32_slice(scratch);
+    let xs: &[f32] = scratch;
+    let chunk_rows = (CHUNK_BYTES / (2 * cols).max(1)).max(1);
+    let mut chunk_start = rows.start;
+    while chunk_start < rows.end {
+        let chunk_end = (chunk_start + chunk_rows).min(rows.end);
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let n = 4.min(n_tokens - t0);
+            let mut r = chunk_start;
+            while r < chunk_end {
+                let m = if n == 1 { 4 } else { 2 }.min(chunk_end - r);
+                let w = &w[r * cols..(r + m) * cols];
+                let x = &xs[t0 * cols..(t0 + n) * cols];
+                let mut sums = [[0f32; 4]; 4];
+                // SAFETY: the caller guarantees the features `K::tile` needs.
+                unsafe {
+                    match (m, n) {
+                        (4, 1) => K::tile::<4, 1>(w, x, cols, lanes, &mut sums),
+                        (1, 1) => K::tile::<1, 1>(w, x, cols, lanes, &mut sums),
+                        (2, 1) => K::tile::<2, 1>(w, x, cols, lanes, &mut sums),
+                        (3, 1) => K::tile::<3, 1>(w, x, cols, lanes, &mut sums),
+                        (2, 2) => K::tile::<2, 2>(w, x, cols, lanes, &mut sums),
+                        (2, 3) => K::tile::<2, 3>(w, x, cols, lanes, &mut sums),
+                        (2, _) => K::tile::<2, 4>(w, x, cols, lanes, &mut sums),
+                        (_, 2) => K::tile::<1, 2>(w, x, cols, lanes, &mut sums),
+                        (_, 3) => K::tile::<1, 3>(w, x, cols, lanes, &mut sums),
+                        _ => K::tile::<1, 4>(w, x, cols, lanes, &mut sums),
+                    }
+                }
+                for (i, row_sums) in sums[..m].iter().enumerate() {
+                    for (j, &s) in row_sums[..n].iter().enumerate() {
+                        out.token(t0 + j)[r + i - rows.start] = s;
+                    }
+                }
+                r += m;
+            }
+            t0 += n;
+        }
+        chunk_start = chunk_end;
+    }
+}
