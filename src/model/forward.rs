@@ -67,8 +67,9 @@ struct ThreadScratch {
     /// Attention scores of a block of queries over the visible cache, `[token][key]`.
     scores: Vec<f32>,
     p16: Vec<f16>,
-    /// One value row in f32, and the f64 sums of the one-token attention output.
-    v_row: Vec<f32>,
+    /// A chunk of one head's values in f32, and the f64 sums of the one-token attention
+    /// output.
+    v_rows: Vec<f32>,
     sums: Vec<f64>,
     /// Scratch of the F16 products (attention scores, output projection rows).
     row: Vec<f32>,
@@ -82,7 +83,7 @@ impl ThreadScratch {
             q_head: Vec::with_capacity(hd),
             scores: Vec::with_capacity(n_ctx),
             p16: Vec::with_capacity(n_ctx),
-            v_row: Vec::with_capacity(hd),
+            v_rows: Vec::with_capacity(VALUE_CHUNK * hd),
             sums: Vec::with_capacity(hd),
             row: Vec::with_capacity(2 * hp.n_embd.max(hd)),
         }
@@ -457,6 +458,10 @@ impl LayerCache<'_> {
 /// `QUERY_BLOCK x context` floats per thread however long the prompt.
 const QUERY_BLOCK: usize = 64;
 
+/// Keys whose values are converted to f32 at a time by the attention (64 KiB at a head
+/// dimension of 128: stays in L2 while every query of the block uses it).
+const VALUE_CHUNK: usize = 128;
+
 /// Causal GQA attention of the batch's queries (`b.q`) over the cache, split by heads;
 /// writes the concatenated heads into `b.attn`.
 fn attention(pool: &Pool, kernel: Kernel, hp: &HParams, cache: &LayerCache, b: &mut Buffers) {
@@ -516,34 +521,48 @@ fn attend_head(
             let row = &mut s.scores[(t - t0) * visible..][..n_past + t + 1];
             row.iter_mut().for_each(|v| *v *= scale);
             softmax(row);
-            let out = out.token(t);
-            if n > 1 {
-                // ggml's batched F16 x F32 product keeps the probabilities in f32.
-                for (&p, v) in row.iter().zip(values.chunks_exact(hd)) {
-                    s.v_row.resize(hd, 0.0);
-                    v.convert_to_f32_slice(&mut s.v_row);
-                    for (o, &v) in out.iter_mut().zip(&s.v_row) {
-                        *o += p * v;
-                    }
-                }
-            } else {
-                // One token: ggml rounds the probabilities to f16 and, for a short
-                // cache, sums the products in double.
-                s.p16.clear();
-                s.p16.extend(row.iter().map(|&p| f16::from_f32(p)));
-                s.sums.clear();
-                s.sums.resize(hd, 0.0);
-                for (p, v) in s.p16.iter().zip(values.chunks_exact(hd)) {
-                    s.v_row.resize(hd, 0.0);
-                    v.convert_to_f32_slice(&mut s.v_row);
+        }
+        if n == 1 {
+            // One token: ggml rounds the probabilities to f16 and, for a short cache,
+            // sums the products in double.
+            s.p16.clear();
+            s.p16.extend(s.scores.iter().map(|&p| f16::from_f32(p)));
+            s.sums.clear();
+            s.sums.resize(hd, 0.0);
+        }
+        // The values in chunks of keys, each converted to f32 once for the whole block
+        // of queries; every output still adds its keys up in order.
+        for k0 in (0..visible).step_by(VALUE_CHUNK) {
+            let k1 = (k0 + VALUE_CHUNK).min(visible);
+            s.v_rows.resize((k1 - k0) * hd, 0.0);
+            values[k0 * hd..k1 * hd].convert_to_f32_slice(&mut s.v_rows);
+            if n == 1 {
+                for (p, v) in s.p16[k0..k1].iter().zip(s.v_rows.chunks_exact(hd)) {
                     let p = p.to_f32();
-                    for (sum, &v) in s.sums.iter_mut().zip(&s.v_row) {
+                    for (sum, &v) in s.sums.iter_mut().zip(v) {
                         *sum += f64::from(p * v);
                     }
                 }
-                for (o, &sum) in out.iter_mut().zip(&s.sums) {
-                    *o = sum as f32;
+                continue;
+            }
+            for t in t0..t1 {
+                let seen = (n_past + t + 1).min(k1);
+                if seen <= k0 {
+                    continue;
                 }
+                let row = &s.scores[(t - t0) * visible..][k0..seen];
+                let out = out.token(t);
+                // ggml's batched F16 x F32 product keeps the probabilities in f32.
+                for (&p, v) in row.iter().zip(s.v_rows.chunks_exact(hd)) {
+                    for (o, &v) in out.iter_mut().zip(v) {
+                        *o += p * v;
+                    }
+                }
+            }
+        }
+        if n == 1 {
+            for (o, &sum) in out.token(0).iter_mut().zip(&s.sums) {
+                *o = sum as f32;
             }
         }
     }
