@@ -9,6 +9,7 @@
 //! from zero), which is what converting the model with a Q8_0 token embedding gives.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::scalar::{Q8_0_BLOCK, Q8_0_BYTES};
 
@@ -30,9 +31,7 @@ impl Q8Matrix {
         let mut values = [0f32; Q8_0_BLOCK];
         for (r, row) in w.chunks_exact(cols).enumerate() {
             for (b, block) in row.chunks_exact(Q8_0_BLOCK).enumerate() {
-                for (v, h) in values.iter_mut().zip(block) {
-                    *v = h.to_f32();
-                }
+                block.convert_to_f32_slice(&mut values);
                 let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
