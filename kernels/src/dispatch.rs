@@ -4,6 +4,7 @@
 use std::fmt;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::q8::Q8Matrix;
 use crate::scalar::LaneSum;
@@ -187,6 +188,16 @@ impl Kernel {
             return crate::x86_64::q8_matmul_avx2(w, x8, out);
         }
         scalar::q8_matmul(w, x8, out)
+    }
+
+    /// `src` as f32 into `dst` (equal lengths; exact on every path).
+    pub fn f16_to_f32(self, src: &[f16], dst: &mut [f32]) {
+        #[cfg(target_arch = "aarch64")]
+        if self != Kernel::Scalar {
+            return crate::aarch64::widen_f16_neon(src, dst);
+        }
+        // `half` uses F16C where the CPU has it.
+        src.convert_to_f32_slice(dst)
     }
 
     /// The F16 output projection (bit-identical on every path).

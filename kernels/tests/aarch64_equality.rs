@@ -5,10 +5,11 @@
 mod common;
 
 use bitnet_kernels::aarch64::{
-    f16_matmul_neon, i2s_matmul_dotprod, quantize_acts_neon, tl1_matmul_neon,
+    f16_matmul_neon, i2s_matmul_dotprod, quantize_acts_neon, tl1_matmul_neon, widen_f16_neon,
 };
 use bitnet_kernels::tl1::tl1_pack;
 use common::check_all;
+use half::f16;
 
 #[test]
 fn i2s_dotprod_equals_scalar() {
@@ -44,4 +45,29 @@ fn quantize_neon_random_lengths() {
 #[test]
 fn quantize_neon_ties_zeros_and_specials() {
     common::quantize_ties_zeros_and_specials(quantize_acts_neon);
+}
+
+#[test]
+fn widen_neon_equals_half_for_every_half() {
+    // All 65,536 halves (subnormals, infinities, NaNs), at every length 0..=17 and offset.
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let mut got = vec![0f32; all.len()];
+    widen_f16_neon(&all, &mut got);
+    for (h, g) in all.iter().zip(&got) {
+        let want = h.to_f32();
+        assert!(
+            g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+            "{:#06x}: {g} vs {want}",
+            h.to_bits()
+        );
+    }
+    for len in 0..=17 {
+        for start in [0, 1, 3] {
+            let src = &all[15360 + start..][..len];
+            let mut out = vec![-1f32; len];
+            widen_f16_neon(src, &mut out);
+            let want: Vec<f32> = src.iter().map(|h| h.to_f32()).collect();
+            assert_eq!(out, want, "length {len}, offset {start}");
+        }
+    }
 }

@@ -15,7 +15,6 @@ use bitnet_kernels::dispatch::Kernel;
 use bitnet_kernels::scalar::{self, LaneSum};
 use bitnet_kernels::{OutRows, QuantizedActs, RowsOut};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use super::hparams::{Arch, HParams};
 use super::weights::{Embedding, Ternary};
@@ -535,7 +534,7 @@ fn attend_head(
         for k0 in (0..visible).step_by(VALUE_CHUNK) {
             let k1 = (k0 + VALUE_CHUNK).min(visible);
             s.v_rows.resize((k1 - k0) * hd, 0.0);
-            values[k0 * hd..k1 * hd].convert_to_f32_slice(&mut s.v_rows);
+            kernel.f16_to_f32(&values[k0 * hd..k1 * hd], &mut s.v_rows);
             if n == 1 {
                 for (p, v) in s.p16[k0..k1].iter().zip(s.v_rows.chunks_exact(hd)) {
                     let p = p.to_f32();

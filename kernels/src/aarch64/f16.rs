@@ -27,6 +27,28 @@ pub fn f16_matmul_neon(
     unsafe { f16_drive::<Neon>(w, cols, x16, lanes, out, scratch) }
 }
 
+/// `src` widened to f32 into `dst` (equal lengths), exactly: `half`'s conversion is
+/// software on CPUs without the FP16 extension (Cortex-A53/A72).
+pub fn widen_f16_neon(src: &[f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "lengths");
+    let body = src.len() / 8 * 8;
+    for (s, d) in src[..body]
+        .chunks_exact(8)
+        .zip(dst[..body].chunks_exact_mut(8))
+    {
+        // SAFETY: `s` holds eight halves (16 bytes) and `d` eight floats; NEON is part of
+        // every aarch64 target.
+        unsafe {
+            let (lo, hi) = widen(vld1q_u16(s.as_ptr().cast()));
+            vst1q_f32(d.as_mut_ptr(), lo);
+            vst1q_f32(d.as_mut_ptr().add(4), hi);
+        }
+    }
+    for (s, d) in src[body..].iter().zip(&mut dst[body..]) {
+        *d = s.to_f32();
+    }
+}
+
 struct Neon;
 
 impl F16Tile for Neon {

@@ -12,6 +12,7 @@
 //! The float parts around them, plain NEON as well:
 //!
 //! - [`f16_matmul_neon`]: the F16 output projection, the scalar's summation order.
+//! - [`widen_f16_neon`]: f16 to f32 (the attention's values).
 //! - [`quantize_acts_neon`]: per-token int8 activation quantization.
 
 mod dotprod;
@@ -20,6 +21,6 @@ mod quantize;
 mod tl1;
 
 pub use dotprod::i2s_matmul_dotprod;
-pub use f16::f16_matmul_neon;
+pub use f16::{f16_matmul_neon, widen_f16_neon};
 pub use quantize::quantize_acts_neon;
 pub use tl1::tl1_matmul_neon;
