@@ -151,14 +151,9 @@ impl Worker {
         let mut stops = StopFilter::new(&job.request.stop);
         let mut first_token: Option<Instant> = None;
         let mut hit_stop = false;
-        let mut was_stopped = false;
         let stats = self.stats.clone();
         let stream = job.request.stream;
         let on_step = |step: Step| {
-            if hit_stop || was_stopped {
-                // The engine's last call, with the bytes of an unfinished character.
-                return ControlFlow::Break(());
-            }
             first_token.get_or_insert_with(Instant::now);
             stats.beat();
             let (out, found) = stops.push(step.text);
@@ -173,7 +168,6 @@ impl Worker {
                 return ControlFlow::Break(());
             }
             if stopped(&stats) {
-                was_stopped = true;
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
