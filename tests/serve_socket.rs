@@ -67,6 +67,23 @@ fn a_request_streams_tokens_then_a_final_event() {
 }
 
 #[test]
+fn status_says_idle_as_soon_as_the_last_answer_is_in() {
+    // The engine marks itself idle before it sends a final event, and that event reaches
+    // this client before the status request leaves it: no answer can see "busy" here.
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    for i in 0..20 {
+        let id = format!("s{i}");
+        c.send(&request(&id, "Hi", 1 + i % 3));
+        assert_eq!(c.finish(&id).1["done"], true);
+        c.send(&json!({"cmd": "status"}));
+        let s = c.event();
+        assert_eq!(s["status"]["busy"], false, "{s}");
+        assert_eq!(s["status"]["requests"], i + 1, "{s}");
+    }
+}
+
+#[test]
 fn many_clients_are_served_in_turn_and_a_full_queue_answers_busy() {
     let d = Daemon::start("[limits]\nqueue_depth = 2\n");
     // One request running, two waiting: the queue is full.
