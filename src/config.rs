@@ -42,6 +42,8 @@ pub struct Config {
     pub threads: usize,
     /// Ternary kernel: "auto", "scalar", "tl1" or "i2s".
     pub kernel: String,
+    /// Output projection: "file" (as the file stores it) or "q8" (an 8-bit copy made at load).
+    pub head: String,
     /// Context size in tokens (prompt plus reply); 0 takes the model's trained context.
     pub ctx_size: usize,
     /// The system prompt of requests that give none (empty: no system message).
@@ -64,6 +66,7 @@ impl Default for Config {
             model: None,
             threads: 2,
             kernel: "auto".into(),
+            head: "file".into(),
             ctx_size: 2048,
             system_prompt: String::new(),
             prefix_cache: true,
@@ -377,6 +380,12 @@ impl Config {
             &self.kernel,
             "it must be \"auto\", \"scalar\", \"tl1\" or \"i2s\"",
         )?;
+        check(
+            matches!(self.head.as_str(), "file" | "q8"),
+            "head",
+            &self.head,
+            "it must be \"file\" or \"q8\"",
+        )?;
         let s = &self.socket;
         check(
             !s.path.as_os_str().is_empty(),
@@ -491,6 +500,11 @@ mod tests {
         assert!(e.contains("socket.mode"), "{e}");
         let e = parse("kernel = \"neon9\"\n").unwrap_err().to_string();
         assert!(e.contains("kernel"), "{e}");
+        let e = parse("head = \"q4\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("`head`") && e.contains("\"file\" or \"q8\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub struct Step<'a> {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub tokens: Vec<u32>,
+    /// The steps' texts joined: an unfinished character at the end is left out.
     pub text: String,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
@@ -237,16 +238,10 @@ impl Engine {
                 .forward(&mut self.session, &[token], Logits::Last)?;
             self.pending = None;
         }
-        // Bytes of an incomplete UTF-8 sequence left at the end are shown lossily.
-        let rest = decoder.finish();
-        if let (false, Some(&token)) = (rest.is_empty(), tokens.last()) {
-            text.push_str(&rest);
-            let _ = on_step(Step {
-                token,
-                bytes: &[],
-                text: &rest,
-                logits: &[],
-            });
+        // Generation may stop between the bytes of a character: its start is dropped.
+        let dropped = decoder.finish();
+        if dropped > 0 {
+            log::debug!("dropped {dropped} bytes of an unfinished character at the end");
         }
         Ok(Outcome {
             tokens,

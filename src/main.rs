@@ -39,10 +39,29 @@ fn normalized_args() -> Vec<String> {
         .collect()
 }
 
+/// Info and up, then RUST_LOG's directives on top.
+///
+/// rumqttc's state modules start at warn: they log "Collision on packet id" at info when a
+/// QoS 1 publish draws a packet id whose earlier publish the broker has not acknowledged yet.
+/// Ids cycle over the broker's receive maximum, and subscribing takes ids too, so this happens
+/// when the daemon resubscribes after a reconnect while replies stream. It is flow control,
+/// not a fault: rumqttc holds that publish until the acknowledgement comes and then sends it,
+/// in order, nothing lost (an acknowledgement that never comes ends the connection, which we
+/// log as lost). RUST_LOG naming the modules still turns the message on.
+fn logger(env: env_logger::Env) -> env_logger::Builder {
+    use log::LevelFilter;
+    let mut logger = env_logger::Builder::new();
+    logger
+        .filter_level(LevelFilter::Info)
+        .filter_module("rumqttc::state", LevelFilter::Warn)
+        .filter_module("rumqttc::v5::state", LevelFilter::Warn)
+        .parse_env(env)
+        .format_timestamp(None);
+    logger
+}
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
+    logger(env_logger::Env::default()).init();
     let cli = Cli::parse_from(normalized_args());
     let result = match &cli.command {
         Command::Serve(args) => app::serve::run(args),
@@ -58,5 +77,34 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use log::{Level, Log, Metadata};
+
+    /// Whether a message of `target` at `level` is logged under this RUST_LOG.
+    fn logs(rust_log: &str, target: &str, level: Level) -> bool {
+        let env = env_logger::Env::new().filter_or("BITNETD_TEST_RUST_LOG_UNSET", rust_log);
+        let metadata = Metadata::builder().target(target).level(level).build();
+        super::logger(env).build().enabled(&metadata)
+    }
+
+    #[test]
+    fn rumqttc_packet_id_collisions_are_quiet_unless_named() {
+        for rust_log in ["info", "debug"] {
+            assert!(logs(rust_log, "bitnetd::server", Level::Info));
+            assert!(logs(rust_log, "rumqttc::v5::eventloop", Level::Info));
+            assert!(!logs(rust_log, "rumqttc::v5::state", Level::Info));
+            assert!(!logs(rust_log, "rumqttc::state", Level::Info));
+            assert!(logs(rust_log, "rumqttc::v5::state", Level::Warn));
+        }
+        assert!(!logs("warn", "bitnetd::server", Level::Info));
+        assert!(logs(
+            "rumqttc::v5::state=info",
+            "rumqttc::v5::state",
+            Level::Info
+        ));
     }
 }

@@ -203,3 +203,66 @@ fn prefix_cache_gives_the_same_output_as_a_fresh_start() {
         assert_eq!(again_b.2, b.len() - 2);
     }
 }
+
+/// Bytes at the end of `bytes` that start a character without finishing it.
+fn unfinished_tail(mut bytes: &[u8]) -> usize {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => return 0,
+            Err(e) => match e.error_len() {
+                None => return bytes.len() - e.valid_up_to(),
+                Some(bad) => bytes = &bytes[e.valid_up_to() + bad..],
+            },
+        }
+    }
+}
+
+#[test]
+fn a_reply_cut_inside_a_character_ends_before_it() {
+    let mut e = engine(256);
+    let prompt = e.tokenizer.encode("Ünïcödé: 日本語", true, true).unwrap();
+    // Hot sampling over the whole vocabulary, so that GPT-2's byte tokens and split
+    // characters come up; a seed makes every run with it draw the same tokens.
+    let params = |max_tokens, seed| GenParams {
+        max_tokens,
+        ignore_eos: true,
+        sampler: SamplerConfig {
+            temperature: 8.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed,
+            ..SamplerConfig::default()
+        },
+    };
+    // The first seed whose tokens end inside a character after some k of them.
+    let cut = (0..20).find_map(|seed| {
+        let mut bytes = Vec::new();
+        e.reset();
+        let mut k = 0;
+        e.generate(&prompt, &params(64, seed), |s| {
+            bytes.extend_from_slice(s.bytes);
+            k += 1;
+            match unfinished_tail(&bytes) {
+                0 => ControlFlow::Continue(()),
+                _ => ControlFlow::Break(()),
+            }
+        })
+        .unwrap();
+        let tail = unfinished_tail(&bytes);
+        (tail > 0).then(|| (seed, k, bytes[..bytes.len() - tail].to_vec()))
+    });
+    let (seed, k, complete) = cut.expect("a cut inside a character within 20 seeds");
+    let mut streamed = String::new();
+    e.reset();
+    let out = e
+        .generate(&prompt, &params(k, seed), |s| {
+            streamed.push_str(s.text);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(out.finish, FinishReason::Length);
+    let want = String::from_utf8_lossy(&complete);
+    assert_eq!(out.text, want, "seed {seed}, cut after {k} tokens");
+    assert_eq!(streamed, want, "seed {seed}, cut after {k} tokens");
+}

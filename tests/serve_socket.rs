@@ -58,11 +58,29 @@ fn a_request_streams_tokens_then_a_final_event() {
     c.send(&json!({"cmd": "status"}));
     let s = c.event();
     assert_eq!(s["status"]["model"], "tiny-i2_s.gguf", "{s}");
+    assert_eq!(s["status"]["head"], "f16", "{s}");
     assert_eq!(s["status"]["requests"], 2, "{s}");
     assert_eq!(s["status"]["queue_depth"], 0, "{s}");
     c.send(&json!({"cmd": "health", "id": "h"}));
     let h = c.event();
     assert_eq!(h, json!({"id": "h", "health": "ok"}));
+}
+
+#[test]
+fn status_says_idle_as_soon_as_the_last_answer_is_in() {
+    // The engine marks itself idle before it sends a final event, and that event reaches
+    // this client before the status request leaves it: no answer can see "busy" here.
+    let d = Daemon::start("");
+    let mut c = d.connect();
+    for i in 0..20 {
+        let id = format!("s{i}");
+        c.send(&request(&id, "Hi", 1 + i % 3));
+        assert_eq!(c.finish(&id).1["done"], true);
+        c.send(&json!({"cmd": "status"}));
+        let s = c.event();
+        assert_eq!(s["status"]["busy"], false, "{s}");
+        assert_eq!(s["status"]["requests"], i + 1, "{s}");
+    }
 }
 
 #[test]
@@ -246,11 +264,34 @@ fn bad_config_or_model_stops_the_daemon_with_a_message() {
     assert!(err.contains("queue_deep"), "{err}");
     let err = serve("threads = -3\n");
     assert!(err.contains("threads"), "{err}");
+    let err = serve("head = \"q4\"\n");
+    assert!(
+        err.contains("`head`") && err.contains("\"file\" or \"q8\""),
+        "{err}"
+    );
     let err = serve("[sampling]\ntemperature = -1.0\n");
     assert!(err.contains("sampling.temperature"), "{err}");
     let missing = dir.path().join("missing.gguf");
     let err = serve(&format!("model = {:?}\n", missing.display().to_string()));
     assert!(err.contains("missing.gguf"), "{err}");
+}
+
+#[test]
+fn the_output_head_can_be_the_8_bit_copy() {
+    // From the config key, and from the flag over a config that says "file".
+    for d in [
+        Daemon::start("head = \"q8\"\n"),
+        Daemon::launch("head = \"file\"\n", &["--head", "q8"], &[]),
+    ] {
+        assert!(d.ready.contains("kernel, q8_0 head"), "{}", d.ready);
+        assert_eq!(d.status()["head"], "q8_0");
+        let mut c = d.connect();
+        c.send(&request("q", "Hello there", 8));
+        let (streamed, done) = c.finish("q");
+        assert_eq!(done["done"], true, "{done}");
+        assert_eq!(done["text"], streamed.as_str());
+        assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    }
 }
 
 #[test]

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::ValueEnum;
 
 use super::common;
 use crate::chat::ChatTemplate;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::engine::Engine;
+use crate::model::HeadChoice;
 use crate::server::queue::Stats;
 use crate::server::worker::Worker;
 use crate::server::{self, ServerInfo};
@@ -29,6 +31,9 @@ pub struct ServeArgs {
     /// Compute threads (overrides `threads`).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    /// Output projection: file or q8 (overrides `head`).
+    #[arg(long, value_name = "HEAD", value_parser = ["file", "q8"])]
+    pub head: Option<String>,
     /// Evaluate every prompt from its start (sets `prefix_cache = false`).
     #[arg(long)]
     pub no_prefix_cache: bool,
@@ -93,6 +98,9 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(t) = args.threads {
         config.threads = t;
     }
+    if let Some(h) = &args.head {
+        config.head = h.clone();
+    }
     if args.no_prefix_cache {
         config.prefix_cache = false;
     }
@@ -124,6 +132,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     );
     let kernel = common::select_kernel(&config.kernel)?;
     loaded.model.set_kernel(kernel);
+    // `config.head` is checked already: "file" or "q8".
+    let head = HeadChoice::from_str(&config.head, false).map_err(anyhow::Error::msg)?;
+    loaded
+        .model
+        .set_head(head)
+        .with_context(|| format!("config key `head` = {:?}", config.head))?;
+    let (head, _) = loaded.model.head();
     loaded
         .model
         .set_pool(crate::compute::Pool::new(config.threads, None)?);
@@ -140,6 +155,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             |n| n.to_string_lossy().into(),
         ),
         kernel: kernel.name().into(),
+        head,
         threads: config.threads,
         n_ctx,
     };

@@ -44,6 +44,8 @@ pub struct ServerInfo {
     pub model: String,
     /// The compute kernel in use.
     pub kernel: String,
+    /// The output projection's precision ("f16", "q8_0").
+    pub head: String,
     pub threads: usize,
     /// Context size in tokens.
     pub n_ctx: usize,
@@ -89,13 +91,14 @@ pub fn run(config: Config, info: ServerInfo, mut worker: Worker) -> anyhow::Resu
             false => None,
         };
         let status = format!(
-            "serving {} on {}{} ({} threads, {} kernel, queue {})",
+            "serving {} on {}{} ({} threads, {} kernel, {} head, queue {})",
             info.model,
             config.socket.path.display(),
             mqtt.as_ref()
                 .map_or(String::new(), |m| format!(" and {}", m.describe())),
             info.threads,
             info.kernel,
+            info.head,
             config.limits.queue_depth
         );
         log::info!("{status}");
@@ -156,6 +159,7 @@ pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
     Status {
         model: info.model.clone(),
         kernel: info.kernel.clone(),
+        head: info.head.clone(),
         threads: info.threads,
         n_ctx: info.n_ctx,
         queue_depth: stats.waiting.load(Relaxed),

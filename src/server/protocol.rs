@@ -456,6 +456,8 @@ pub struct Timings {
 pub struct Status {
     pub model: String,
     pub kernel: String,
+    /// The output projection's precision ("f16", "q8_0").
+    pub head: String,
     pub threads: usize,
     pub n_ctx: usize,
     /// Requests waiting behind the running one.

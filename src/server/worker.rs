@@ -66,9 +66,13 @@ impl Worker {
             match queue.next(IDLE_TICK) {
                 Ok(job) => {
                     self.stats.busy.store(true, Ordering::Relaxed);
-                    self.serve(job);
+                    let last = self.serve(&job);
+                    // Idle before the final event goes out: a client that has its answer
+                    // and asks for `status` sees the engine free.
                     self.stats.busy.store(false, Ordering::Relaxed);
                     self.stats.beat();
+                    // A closed channel means the client went away.
+                    let _ = job.events.send(last);
                 }
                 Err(false) => self.stats.beat(),
                 Err(true) => break,
@@ -77,7 +81,9 @@ impl Worker {
         log::debug!("engine thread done");
     }
 
-    fn serve(&mut self, job: Job) {
+    /// Streams a job's tokens and returns its final event (done or error), for the caller
+    /// to send.
+    fn serve(&mut self, job: &Job) -> Event {
         let started = Instant::now();
         let id = job.request.id.clone();
         let send = |event: Event| {
@@ -93,12 +99,11 @@ impl Worker {
         };
         if job.expires.is_some_and(|t| started > t) {
             let message = "the request's message expiry passed while it waited in the queue";
-            send(Event::error(Some(id.clone()), ErrorCode::Expired, message));
             log::info!("request {id} via {}: expired in the queue", job.transport);
-            return;
+            return Event::error(Some(id), ErrorCode::Expired, message);
         }
         if stopped(&self.stats) {
-            send(Event::Done(Box::new(Done {
+            let done = Event::Done(Box::new(Done {
                 id: id.clone(),
                 done: true,
                 text: String::new(),
@@ -112,13 +117,13 @@ impl Worker {
                     ttft_ms: 0.0,
                     tokens_per_s: 0.0,
                 },
-            })));
+            }));
             log::info!(
                 "request {id} via {}: 0 prompt tokens, 0 completion tokens, \
                  finish cancelled (before it started)",
                 job.transport
             );
-            return;
+            return done;
         }
         let text = self.template.render(&job.request.messages, true);
         // A request that fails gets its error and one log line naming it.
@@ -129,7 +134,7 @@ impl Worker {
                 job.transport,
                 code.as_str()
             );
-            send(Event::error(Some(id.clone()), code, message));
+            Event::error(Some(id.clone()), code, message)
         };
         let tokens = match self.engine.tokenizer.encode(&text, true, true) {
             Ok(t) => t,
@@ -151,14 +156,9 @@ impl Worker {
         let mut stops = StopFilter::new(&job.request.stop);
         let mut first_token: Option<Instant> = None;
         let mut hit_stop = false;
-        let mut was_stopped = false;
         let stats = self.stats.clone();
         let stream = job.request.stream;
         let on_step = |step: Step| {
-            if hit_stop || was_stopped {
-                // The engine's last call, with the bytes of an unfinished character.
-                return ControlFlow::Break(());
-            }
             first_token.get_or_insert_with(Instant::now);
             stats.beat();
             let (out, found) = stops.push(step.text);
@@ -173,7 +173,6 @@ impl Worker {
                 return ControlFlow::Break(());
             }
             if stopped(&stats) {
-                was_stopped = true;
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -234,12 +233,13 @@ impl Worker {
             outcome.reused_tokens,
             done.timings.ttft_ms,
         );
-        // Counted first, so that a client that has its answer sees it in `status`.
+        // Counted before the caller sends `done`, so that a client that has its answer sees
+        // it in `status`.
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats
             .last_tokens_per_s
             .store(tokens_per_s.to_bits(), Ordering::Relaxed);
-        send(Event::Done(Box::new(done)));
+        Event::Done(Box::new(done))
     }
 }
 

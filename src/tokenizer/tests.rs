@@ -81,8 +81,7 @@ fn stream_decoder_holds_back_split_characters() {
     // replaced, the new text passes through.
     assert_eq!(d.push(&t, 16), "\u{FFFD} hello");
     assert_eq!(d.push(&t, 4), "");
-    assert_eq!(d.finish(), "\u{FFFD}");
-    assert_eq!(d.finish(), "");
+    assert_eq!(d.finish(), 1);
 }
 
 fn bpe(extra: &[(&str, Value)]) -> Result<Tokenizer> {

@@ -181,6 +181,7 @@ mod tests {
         let status = Status {
             model: "m.gguf".into(),
             kernel: "i2s".into(),
+            head: "f16".into(),
             threads: 2,
             n_ctx: 512,
             queue_depth: 0,
