@@ -4,12 +4,9 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use crate::model::{Logits, Model, ModelError, Session};
+use crate::model::{Logits, Model, ModelError, PROMPT_BATCH, Session};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
-
-/// Prompt tokens evaluated per forward pass: bounds the scratch memory of long prompts.
-const PROMPT_BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

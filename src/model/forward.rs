@@ -90,6 +90,27 @@ impl ThreadScratch {
 }
 
 impl Buffers {
+    /// Buffers with room for batches of `n` tokens, reserved but not touched: they never
+    /// move while they fill, so a daemon's memory settles at its longest prompt batch
+    /// instead of growing in steps (each step leaving the old block to the allocator).
+    fn with_room(hp: &HParams, n: usize) -> Self {
+        let room = |width: usize| Vec::with_capacity(n * width);
+        let (d, dkv, ff) = (hp.n_embd, hp.n_embd_kv(), hp.n_ff);
+        Buffers {
+            x: room(d),
+            xn: room(d),
+            q: room(d),
+            k: room(dkv),
+            v: room(dkv),
+            attn: room(d),
+            gate: room(ff),
+            up: room(ff),
+            proj: room(d),
+            q16: Vec::with_capacity(n * d),
+            ..Default::default()
+        }
+    }
+
     fn ensure_threads(&mut self, n_threads: usize, hp: &HParams, n_ctx: usize) {
         if self.threads.len() < n_threads {
             self.threads
@@ -121,7 +142,7 @@ impl Session {
             // Zeroed by the allocator: pages are only resident once tokens reach them.
             k_cache: bytemuck::zeroed_vec(cache),
             v_cache: bytemuck::zeroed_vec(cache),
-            buf: Buffers::default(),
+            buf: Buffers::with_room(hp, n_ctx.min(super::PROMPT_BATCH)),
         }
     }
 

@@ -53,6 +53,10 @@ pub enum ModelError {
     EmptyBatch,
 }
 
+/// Prompt tokens evaluated per forward pass by the engine: bounds the scratch memory of long
+/// prompts (sessions reserve room for this many).
+pub const PROMPT_BATCH: usize = 512;
+
 /// A loaded model. The weights stay in the file map; `Model` is immutable and can be
 /// shared by reference between the threads that compute with it.
 pub struct Model {

@@ -53,16 +53,29 @@ pub struct ServerInfo {
 
 /// Runs the daemon until SIGTERM or SIGINT. `worker` holds the loaded model.
 pub fn run(config: Config, info: ServerInfo, mut worker: Worker) -> anyhow::Result<()> {
-    worker
-        .warm_up(&config.system_prompt)
-        .context("a first forward pass")?;
     let config = Arc::new(config);
     let stats = worker.stats.clone();
     let (queue, queue_rx) = queue::queue(config.limits.queue_depth, stats.clone());
+    // The warm-up runs on the engine thread itself, so that what it allocates is where
+    // the requests will find it (glibc gives each thread its own heap).
+    let (warmed_tx, warmed_rx) = std::sync::mpsc::channel();
+    let system_prompt = config.system_prompt.clone();
     std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || worker.run(queue_rx))
+        .spawn(move || {
+            let warmed = worker.warm_up(&system_prompt);
+            let ok = warmed.is_ok();
+            // The receiver waits for this one message.
+            let _ = warmed_tx.send(warmed);
+            if ok {
+                worker.run(queue_rx);
+            }
+        })
         .context("starting the engine thread")?;
+    warmed_rx
+        .recv()
+        .context("the engine thread ended during its warm-up")?
+        .context("a first forward pass")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::chat::ChatTemplate;
+use crate::chat::{ChatTemplate, Message, Role};
 use crate::engine::{Engine, FinishReason, GenParams, Step};
 
 use super::protocol::{Done, ErrorCode, Event, Timings, Usage};
@@ -34,26 +34,37 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Evaluates the system prompt once before serving: every weight page is then resident
-    /// (the idle footprint is the working footprint, and a model that cannot run fails at
-    /// boot), and with the prefix cache the first request already finds its prefix.
+    /// Answers a short chat turn and evaluates the system prompt before serving: every
+    /// weight page is then resident, and so is what the request path builds on first use
+    /// (the template, the tokenizer's lazily built state, the batch buffers), so the idle
+    /// footprint is the working footprint and a model that cannot run fails at boot. The
+    /// system prompt comes last, so that with the prefix cache the first request already
+    /// finds its prefix.
     pub fn warm_up(&mut self, system_prompt: &str) -> anyhow::Result<()> {
         let start = Instant::now();
-        let text = match system_prompt {
+        let mut turn = vec![];
+        if !system_prompt.is_empty() {
+            turn.push(Message::new(Role::System, system_prompt));
+        }
+        turn.push(Message::new(Role::User, "Hello"));
+        let system = match system_prompt {
             "" => String::new(),
             s => self.template.render_system(s),
         };
-        let tokens = self.engine.tokenizer.encode(&text, true, true)?;
         let params = GenParams {
             max_tokens: 1,
             sampler: Default::default(),
             ignore_eos: true,
         };
-        self.engine
-            .generate_reusing(&tokens, &params, |_| ControlFlow::Continue(()))?;
+        let mut evaluated = 0;
+        for text in [self.template.render(&turn, true), system] {
+            let tokens = self.engine.tokenizer.encode(&text, true, true)?;
+            self.engine
+                .generate_reusing(&tokens, &params, |_| ControlFlow::Continue(()))?;
+            evaluated += tokens.len();
+        }
         log::info!(
-            "warmed up on {} tokens in {:.0} ms",
-            tokens.len(),
+            "warmed up on {evaluated} tokens in {:.0} ms",
             start.elapsed().as_secs_f64() * 1e3
         );
         Ok(())
