@@ -10,7 +10,7 @@ use crate::OutRows;
 use crate::q8::{Q8_GROUP, Q8Matrix};
 use crate::scalar::{Q8_0_BLOCK, Q8_0_BYTES};
 
-/// [`scalar::q8_matmul`] with AVX2, bit-for-bit equal. Call only when
+/// [`crate::scalar::q8_matmul`] with AVX2, bit-for-bit equal. Call only when
 /// [`super::i2s_avx2_available`] is true.
 pub fn q8_matmul_avx2(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
     assert!(super::i2s_avx2_available(), "AVX2 required");
@@ -52,7 +52,9 @@ unsafe fn group_dot(w: &Q8Matrix, g: usize, x: &[u8]) -> [f32; Q8_GROUP] {
             _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().wrapping_add(line + PREFETCH_BYTES).cast());
         }
         let sb = &scales[b * Q8_GROUP..][..Q8_GROUP];
-        _mm_prefetch::<_MM_HINT_T0>(sb.as_ptr().wrapping_add(PREFETCH_BYTES / 8).cast());
+        // The scales stream is an eighth of the values'.
+        let sb_ahead = sb.as_ptr().cast::<u8>().wrapping_add(PREFETCH_BYTES / 8);
+        _mm_prefetch::<_MM_HINT_T0>(sb_ahead.cast());
         let xb = &x[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
         let dx = _mm256_set1_ps(f16::from_le_bytes([xb[0], xb[1]]).to_f32());
         // SAFETY: xb holds 2 + 32 bytes.
