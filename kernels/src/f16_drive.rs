@@ -2,7 +2,6 @@
 //! its tile of dot products ([`F16Tile`]); the row chunks and token tiles are walked here.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use crate::OutRows;
 use crate::scalar::LaneSum;
@@ -10,10 +9,17 @@ use crate::scalar::LaneSum;
 /// Weight bytes per row chunk, revisited from cache by every tile of tokens.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Lane totals of one tile: `[row][token]`, each the eight partial sums of
+/// `scalar::dot_f32` over the columns up to the last whole eight.
+pub(crate) type LaneTotals = [[[f32; 8]; 4]; 4];
+
 /// One architecture's tile kernel.
 pub(crate) trait F16Tile {
-    /// Dot products of `R` weight rows with `T` tokens (`w`, `x`: rows of `cols`) into
-    /// `sums[row][token]`, each with the summation of `scalar::dot_f32`.
+    /// `src` widened to f32 into `dst` (equal lengths), exactly.
+    fn widen(src: &[f16], dst: &mut [f32]);
+
+    /// The lane totals of `R` weight rows with `T` tokens (`w`, `x`: rows of `cols`) into
+    /// `totals[row][token]`.
     ///
     /// # Safety
     /// The CPU has the features the implementation is compiled for.
@@ -21,8 +27,7 @@ pub(crate) trait F16Tile {
         w: &[f16],
         x: &[f32],
         cols: usize,
-        lanes: LaneSum,
-        sums: &mut [[f32; 4]; 4],
+        totals: &mut LaneTotals,
     );
 }
 
@@ -48,7 +53,7 @@ pub(crate) unsafe fn f16_drive<K: F16Tile>(
     assert_eq!(out.n_tokens(), n_tokens, "output tokens");
     scratch.resize(cols * n_tokens, 0.0);
     // Exact: every f16 is an f32.
-    x16[..cols * n_tokens].convert_to_f32_slice(scratch);
+    K::widen(&x16[..cols * n_tokens], scratch);
     let xs: &[f32] = scratch;
     let chunk_rows = (CHUNK_BYTES / (2 * cols).max(1)).max(1);
     let mut chunk_start = rows.start;
@@ -62,25 +67,31 @@ pub(crate) unsafe fn f16_drive<K: F16Tile>(
                 let m = if n == 1 { 4 } else { 2 }.min(chunk_end - r);
                 let w = &w[r * cols..(r + m) * cols];
                 let x = &xs[t0 * cols..(t0 + n) * cols];
-                let mut sums = [[0f32; 4]; 4];
+                let mut totals = [[[0f32; 8]; 4]; 4];
                 // SAFETY: the caller guarantees the features `K::tile` needs.
                 unsafe {
                     match (m, n) {
-                        (4, 1) => K::tile::<4, 1>(w, x, cols, lanes, &mut sums),
-                        (1, 1) => K::tile::<1, 1>(w, x, cols, lanes, &mut sums),
-                        (2, 1) => K::tile::<2, 1>(w, x, cols, lanes, &mut sums),
-                        (3, 1) => K::tile::<3, 1>(w, x, cols, lanes, &mut sums),
-                        (2, 2) => K::tile::<2, 2>(w, x, cols, lanes, &mut sums),
-                        (2, 3) => K::tile::<2, 3>(w, x, cols, lanes, &mut sums),
-                        (2, _) => K::tile::<2, 4>(w, x, cols, lanes, &mut sums),
-                        (_, 2) => K::tile::<1, 2>(w, x, cols, lanes, &mut sums),
-                        (_, 3) => K::tile::<1, 3>(w, x, cols, lanes, &mut sums),
-                        _ => K::tile::<1, 4>(w, x, cols, lanes, &mut sums),
+                        (4, 1) => K::tile::<4, 1>(w, x, cols, &mut totals),
+                        (1, 1) => K::tile::<1, 1>(w, x, cols, &mut totals),
+                        (2, 1) => K::tile::<2, 1>(w, x, cols, &mut totals),
+                        (3, 1) => K::tile::<3, 1>(w, x, cols, &mut totals),
+                        (2, 2) => K::tile::<2, 2>(w, x, cols, &mut totals),
+                        (2, 3) => K::tile::<2, 3>(w, x, cols, &mut totals),
+                        (2, _) => K::tile::<2, 4>(w, x, cols, &mut totals),
+                        (_, 2) => K::tile::<1, 2>(w, x, cols, &mut totals),
+                        (_, 3) => K::tile::<1, 3>(w, x, cols, &mut totals),
+                        _ => K::tile::<1, 4>(w, x, cols, &mut totals),
                     }
                 }
-                for (i, row_sums) in sums[..m].iter().enumerate() {
-                    for (j, &s) in row_sums[..n].iter().enumerate() {
-                        out.token(t0 + j)[r + i - rows.start] = s;
+                let body = cols / 8 * 8;
+                for (i, row_totals) in totals[..m].iter().enumerate() {
+                    for (j, token_totals) in row_totals[..n].iter().enumerate() {
+                        // The scalar reduction, term for term.
+                        let mut sum = lanes.total(token_totals);
+                        for c in body..cols {
+                            sum += w[i * cols + c].to_f32() * x[j * cols + c];
+                        }
+                        out.token(t0 + j)[r + i - rows.start] = sum;
                     }
                 }
                 r += m;

@@ -89,6 +89,11 @@ impl QuantizedActs {
         self.k
     }
 
+    /// The int8 values of the tokens `tokens`, one after another.
+    pub fn values(&self, tokens: std::ops::Range<usize>) -> &[i8] {
+        &self.q[tokens.start * self.k..tokens.end * self.k]
+    }
+
     /// Token `t`: its int8 values, its scale (127 / max|x|) and the sum of its values.
     pub fn token(&self, t: usize) -> (&[i8], f32, i32) {
         (

@@ -105,11 +105,15 @@ fn i2s_all_zero_activations() {
 /// also exercise the i16 widening boundary (K = 6912 is 54 blocks).
 #[test]
 fn i2s_extremes() {
-    let (n_rows, k) = (3, 6912);
+    // One token (decode), two (a generic tile) and eight (the asm tile).
+    let (n_rows, k) = (5, 6912);
     for code in [0u8, 1, 2] {
         let codes = vec![code * 0b0101_0101; n_rows * k / 4];
         for x in [1.0f32, -1.0] {
-            check_i2s(&codes, n_rows, k, &quantized(&vec![x; 2 * k], k), 0..n_rows);
+            for n_tokens in [1, 2, 8] {
+                let acts = quantized(&vec![x; n_tokens * k], k);
+                check_i2s(&codes, n_rows, k, &acts, 0..n_rows);
+            }
         }
         // Alternating signs hit 127 and -127 in the same lanes.
         let x: Vec<f32> = (0..2 * k)

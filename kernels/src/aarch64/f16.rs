@@ -10,7 +10,7 @@ use std::arch::asm;
 use half::f16;
 
 use crate::OutRows;
-use crate::f16_drive::{F16Tile, f16_drive};
+use crate::f16_drive::{F16Tile, LaneTotals, f16_drive};
 use crate::scalar::LaneSum;
 
 /// [`crate::scalar::f16_matmul`] with NEON, bit-for-bit equal. `scratch` is reused for
@@ -52,13 +52,16 @@ pub fn widen_f16_neon(src: &[f16], dst: &mut [f32]) {
 struct Neon;
 
 impl F16Tile for Neon {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        widen_f16_neon(src, dst);
+    }
+
     #[target_feature(enable = "neon")]
     unsafe fn tile<const R: usize, const T: usize>(
         w: &[f16],
         x: &[f32],
         cols: usize,
-        lanes: LaneSum,
-        sums: &mut [[f32; 4]; 4],
+        totals: &mut LaneTotals,
     ) {
         assert!(w.len() == R * cols && x.len() == T * cols);
         let body = cols / 8 * 8;
@@ -81,20 +84,13 @@ impl F16Tile for Neon {
                 }
             }
         }
-        for i in 0..R {
-            for j in 0..T {
-                let mut totals = [0f32; 8];
+        for (totals, acc) in totals.iter_mut().zip(acc) {
+            for (totals, [lo, hi]) in totals.iter_mut().zip(acc) {
                 // SAFETY: `totals` holds 8 f32: two stores of 4.
                 unsafe {
-                    vst1q_f32(totals.as_mut_ptr(), acc[i][j][0]);
-                    vst1q_f32(totals.as_mut_ptr().add(4), acc[i][j][1]);
+                    vst1q_f32(totals.as_mut_ptr(), lo);
+                    vst1q_f32(totals.as_mut_ptr().add(4), hi);
                 }
-                // The scalar reduction, term for term.
-                let mut sum = lanes.total(&totals);
-                for c in body..cols {
-                    sum += w[i * cols + c].to_f32() * x[j * cols + c];
-                }
-                sums[i][j] = sum;
             }
         }
     }

@@ -6,9 +6,10 @@
 use std::arch::x86_64::*;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::OutRows;
-use crate::f16_drive::{F16Tile, f16_drive};
+use crate::f16_drive::{F16Tile, LaneTotals, f16_drive};
 use crate::scalar::LaneSum;
 
 /// How far ahead of the bytes being read the tile asks for them.
@@ -32,13 +33,17 @@ pub fn f16_matmul_avx2(
 struct Avx2;
 
 impl F16Tile for Avx2 {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        // `half` converts with F16C when the CPU has it, as here.
+        src.convert_to_f32_slice(dst);
+    }
+
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn tile<const R: usize, const T: usize>(
         w: &[f16],
         x: &[f32],
         cols: usize,
-        lanes: LaneSum,
-        sums: &mut [[f32; 4]; 4],
+        totals: &mut LaneTotals,
     ) {
         assert!(w.len() == R * cols && x.len() == T * cols);
         let body = cols / 8 * 8;
@@ -64,17 +69,10 @@ impl F16Tile for Avx2 {
                 }
             }
         }
-        for i in 0..R {
-            for j in 0..T {
-                let mut totals = [0f32; 8];
+        for (totals, acc) in totals.iter_mut().zip(acc) {
+            for (totals, acc) in totals.iter_mut().zip(acc) {
                 // SAFETY: `totals` is 8 f32 = 32 bytes; storeu has no alignment need.
-                unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), acc[i][j]) };
-                // The scalar reduction, term for term.
-                let mut sum = lanes.total(&totals);
-                for c in body..cols {
-                    sum += w[i * cols + c].to_f32() * x[j * cols + c];
-                }
-                sums[i][j] = sum;
+                unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), acc) };
             }
         }
     }

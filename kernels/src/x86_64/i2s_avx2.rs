@@ -1,9 +1,14 @@
 //! I2_S × int8 with AVX2: `vpmaddubsw` of the unsigned codes (0..=2) by the signed
 //! activations, summed in i16 over up to [`I16_BLOCKS`] blocks, then widened to i32.
+//! Each weight block is unpacked once for all the tokens of a tile. The full prompt tile
+//! ([`tile_8`]) runs its loop in `asm!`: eight accumulators, the codes and the constants
+//! fill the sixteen vector registers, and given the same intrinsics (or an `asm!` block
+//! per weight block) the compiler spilled accumulators or pointers to the stack.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::{I2sTile, i2s_drive_tiles};
+use super::{I2sTile, i2s_drive};
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 
@@ -17,74 +22,185 @@ const I16_BLOCKS: usize = 16;
 pub fn i2s_matmul_avx2(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     assert!(super::i2s_avx2_available(), "AVX2 required");
     // SAFETY: AVX2 is present (asserted above).
-    unsafe { i2s_drive_tiles::<Avx2>(w, acts, out) }
+    unsafe { drive(w, acts, out) }
+}
+
+/// The driver compiled for AVX2, so that the tiles inline into its loops.
+#[target_feature(enable = "avx2")]
+unsafe fn drive(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
+    // SAFETY: AVX2 is enabled for this function.
+    unsafe { i2s_drive::<Avx2>(w, acts, out) }
 }
 
 struct Avx2;
 
 impl I2sTile for Avx2 {
     #[inline(always)]
-    unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]) {
+    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
         // SAFETY: the caller guarantees the features of `tile` (the trait's contract).
-        unsafe { tile::<N>(codes, q, sums) }
+        unsafe { tile::<T>(codes, q) }
     }
 }
 
-/// Σ code·q of one row for `N` tokens, unpacking each weight block once for all of them.
+/// Σ code·q of one row for `T` tokens.
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]) {
-    assert!(q.len() == N && sums.len() == N);
-    assert!(q.iter().all(|q| q.len() == codes.len() * 4));
+#[inline]
+fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
+    let k = codes.len() * 4;
+    assert_eq!(q.len(), T * k, "activation values");
+    if T == 8 {
+        let sums = tile_8(codes, q);
+        return std::array::from_fn(|t| sums[t]);
+    }
     let blocks = codes.len() / I2S_BLOCK_BYTES;
     let mask = _mm256_set1_epi8(3);
     let low_bits = _mm256_set1_epi8(0x55);
     let ones = _mm256_set1_epi16(1);
-    let mut acc32 = [_mm256_setzero_si256(); N];
+    let mut acc32 = [_mm256_setzero_si256(); T];
     let mut b0 = 0;
     while b0 < blocks {
         let b1 = (b0 + I16_BLOCKS).min(blocks);
-        let mut acc16 = [_mm256_setzero_si256(); N];
+        let mut acc16 = [_mm256_setzero_si256(); T];
         for b in b0..b1 {
             // SAFETY: block b < codes.len() / 32, so its 32 bytes are in bounds.
             let raw = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * 32).cast()) };
             // Code 3 (never written) must read as 0 like code 1: clear the high bit of
             // every pair whose low bit is set. This also keeps codes ≤ 2 for I16_BLOCKS.
             let high_of_odd = _mm256_slli_epi16(_mm256_and_si256(raw, low_bits), 1);
-            let fixed = _mm256_andnot_si256(high_of_odd, raw);
-            // Group g of the block sits at bits 7-2g..6-2g (shifts within 16-bit lanes
-            // cannot leak into the two bits kept from each byte).
-            let c = [
-                _mm256_and_si256(_mm256_srli_epi16(fixed, 6), mask),
-                _mm256_and_si256(_mm256_srli_epi16(fixed, 4), mask),
-                _mm256_and_si256(_mm256_srli_epi16(fixed, 2), mask),
-                _mm256_and_si256(fixed, mask),
-            ];
-            for t in 0..N {
-                // SAFETY: q[t] holds codes.len() * 4 values (asserted), so the 128
-                // values of block b are in bounds.
-                let qp = unsafe { q[t].as_ptr().add(b * I2S_BLOCK) };
-                // SAFETY: offsets 0, 32, 64, 96 + 32 bytes stay inside block b's values.
-                let s = unsafe {
-                    [
-                        _mm256_maddubs_epi16(c[0], _mm256_loadu_si256(qp.cast())),
-                        _mm256_maddubs_epi16(c[1], _mm256_loadu_si256(qp.add(32).cast())),
-                        _mm256_maddubs_epi16(c[2], _mm256_loadu_si256(qp.add(64).cast())),
-                        _mm256_maddubs_epi16(c[3], _mm256_loadu_si256(qp.add(96).cast())),
-                    ]
-                };
-                let s =
-                    _mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3]));
-                acc16[t] = _mm256_add_epi16(acc16[t], s);
+            let mut bits = _mm256_andnot_si256(high_of_odd, raw);
+            // Group g of the block sits at bits 7-2g..6-2g: take group 3 from the low
+            // bits, then shift the next one down. Shifts within 16-bit lanes cannot leak
+            // into the two bits kept from each byte.
+            for g in (0..4).rev() {
+                let c = _mm256_and_si256(bits, mask);
+                for (t, acc16) in acc16.iter_mut().enumerate() {
+                    // SAFETY: q holds T * k values (asserted), so the 32 values of group g
+                    // of block b of token t are in bounds.
+                    let a = unsafe {
+                        _mm256_loadu_si256(q.as_ptr().add(t * k + b * I2S_BLOCK + g * 32).cast())
+                    };
+                    *acc16 = _mm256_add_epi16(*acc16, _mm256_maddubs_epi16(c, a));
+                }
+                bits = _mm256_srli_epi16(bits, 2);
             }
         }
-        for t in 0..N {
+        for t in 0..T {
             acc32[t] = _mm256_add_epi32(acc32[t], _mm256_madd_epi16(acc16[t], ones));
         }
         b0 = b1;
     }
-    for t in 0..N {
-        sums[t] = hsum_epi32(acc32[t]);
+    acc32.map(|v| hsum_epi32(v))
+}
+
+/// One 32-value group of a block (at byte `$off`) times the codes in ymm9 for each of the
+/// eight tokens, added to their sums in ymm0-7. Token t's values start at `{a}` + t·`{k}`
+/// (`{b}` = `{a}` + 3·`{k}`, `{k3}` = 3·`{k}`), so two pointers address all eight.
+macro_rules! group_8 {
+    ($off:literal) => {
+        concat!(
+            "vpand ymm9, ymm8, ymm15\n",
+            token_8!("{a}", $off, "ymm0"),
+            token_8!("{a} + {k}", $off, "ymm1"),
+            token_8!("{a} + 2*{k}", $off, "ymm2"),
+            token_8!("{b}", $off, "ymm3"),
+            token_8!("{a} + 4*{k}", $off, "ymm4"),
+            token_8!("{b} + 2*{k}", $off, "ymm5"),
+            token_8!("{a} + 2*{k3}", $off, "ymm6"),
+            token_8!("{b} + 4*{k}", $off, "ymm7"),
+        )
+    };
+}
+
+/// One token's 32 activations (at `[$at + $off]`) times the codes, added to its sums.
+macro_rules! token_8 {
+    ($at:literal, $off:literal, $acc:literal) => {
+        concat!(
+            "vpmaddubsw ymm10, ymm9, ymmword ptr [",
+            $at,
+            " + ",
+            $off,
+            "]\n",
+            "vpaddw ",
+            $acc,
+            ", ",
+            $acc,
+            ", ymm10\n",
+        )
+    };
+}
+
+/// [`tile`] for eight tokens. The loop over up to [`I16_BLOCKS`] blocks runs inside the
+/// `asm!`, so the eight sums and every pointer stay in registers.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn tile_8(codes: &[u8], q: &[i8]) -> [i32; 8] {
+    let k = codes.len() * 4;
+    assert_eq!(q.len(), 8 * k, "activation values");
+    let blocks = codes.len() / I2S_BLOCK_BYTES;
+    let mask = _mm256_set1_epi8(3);
+    let low_bits = [0x55u8; 32];
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); 8];
+    let mut b0 = 0;
+    while b0 < blocks {
+        let b1 = (b0 + I16_BLOCKS).min(blocks);
+        let mut s = [_mm256_setzero_si256(); 8];
+        // SAFETY: blocks b0..b1 (b1 > b0) lie inside the row: their 32 code bytes each,
+        // and each token's 128 values of them (q holds 8 * k values, asserted), are in
+        // bounds, as are the 32 bytes of `low_bits`. The loop only reads memory and
+        // writes the registers declared here.
+        unsafe {
+            asm!(
+                "2:",
+                "vmovdqu ymm8, ymmword ptr [{codes}]",
+                // Code 3 (never written) must read as 0 like code 1: clear the high bit of
+                // every pair whose low bit is set. This also keeps codes ≤ 2 for
+                // I16_BLOCKS.
+                "vpand ymm9, ymm8, ymmword ptr [{low_bits}]",
+                "vpaddw ymm9, ymm9, ymm9",
+                "vpandn ymm8, ymm9, ymm8",
+                // Group g sits at bits 7-2g..6-2g: group 3 first, then shift the next one
+                // down (16-bit shifts cannot leak into the two bits kept per byte).
+                group_8!("96"),
+                "vpsrlw ymm8, ymm8, 2",
+                group_8!("64"),
+                "vpsrlw ymm8, ymm8, 2",
+                group_8!("32"),
+                "vpsrlw ymm8, ymm8, 2",
+                group_8!("0"),
+                "add {codes}, 32",
+                "add {a}, 128",
+                "add {b}, 128",
+                "dec {n}",
+                "jnz 2b",
+                codes = inout(reg) codes.as_ptr().add(b0 * I2S_BLOCK_BYTES) => _,
+                a = inout(reg) q.as_ptr().add(b0 * I2S_BLOCK) => _,
+                b = inout(reg) q.as_ptr().add(3 * k + b0 * I2S_BLOCK) => _,
+                n = inout(reg) b1 - b0 => _,
+                k = in(reg) k,
+                k3 = in(reg) 3 * k,
+                low_bits = in(reg) low_bits.as_ptr(),
+                in("ymm15") mask,
+                inout("ymm0") s[0],
+                inout("ymm1") s[1],
+                inout("ymm2") s[2],
+                inout("ymm3") s[3],
+                inout("ymm4") s[4],
+                inout("ymm5") s[5],
+                inout("ymm6") s[6],
+                inout("ymm7") s[7],
+                out("ymm8") _,
+                out("ymm9") _,
+                out("ymm10") _,
+                options(pure, readonly, nostack),
+            );
+        }
+        for (acc32, s) in acc32.iter_mut().zip(s) {
+            *acc32 = _mm256_add_epi32(*acc32, _mm256_madd_epi16(s, ones));
+        }
+        b0 = b1;
     }
+    acc32.map(|v| hsum_epi32(v))
 }
 
 /// Sum of the eight i32 lanes (wrapping, like the scalar i32 sum it equals).

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{I2sTile, i2s_drive_tiles};
+use super::{I2sTile, i2s_drive};
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 
@@ -14,24 +14,32 @@ use crate::{I2sMatrix, OutRows, QuantizedActs};
 pub fn i2s_matmul_avx512(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     assert!(super::i2s_avx512_available(), "AVX-512 VNNI required");
     // SAFETY: AVX-512 F, BW and VNNI are present (asserted above).
-    unsafe { i2s_drive_tiles::<Avx512>(w, acts, out) }
+    unsafe { drive(w, acts, out) }
+}
+
+/// The driver compiled for AVX-512, so that the tiles inline into its loops.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn drive(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
+    // SAFETY: AVX-512 F, BW and VNNI are enabled for this function.
+    unsafe { i2s_drive::<Avx512>(w, acts, out) }
 }
 
 struct Avx512;
 
 impl I2sTile for Avx512 {
     #[inline(always)]
-    unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]) {
+    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
         // SAFETY: the caller guarantees the features of `tile` (the trait's contract).
-        unsafe { tile::<N>(codes, q, sums) }
+        unsafe { tile::<T>(codes, q) }
     }
 }
 
 /// Σ code·q of one row for `N` tokens, unpacking each weight block once for all of them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]) {
-    assert!(q.len() == N && sums.len() == N);
-    assert!(q.iter().all(|q| q.len() == codes.len() * 4));
+#[inline]
+fn tile<const N: usize>(codes: &[u8], q: &[i8]) -> [i32; N] {
+    assert_eq!(q.len(), N * codes.len() * 4);
+    let q: [&[i8]; N] = std::array::from_fn(|t| &q[t * codes.len() * 4..][..codes.len() * 4]);
     let blocks = codes.len() / I2S_BLOCK_BYTES;
     let mask = _mm512_set1_epi8(3);
     let low_bits = _mm256_set1_epi8(0x55);
@@ -65,7 +73,5 @@ unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]) {
             acc_23[t] = _mm512_dpbusd_epi32(acc_23[t], c23, q23);
         }
     }
-    for t in 0..N {
-        sums[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(acc_01[t], acc_23[t]));
-    }
+    std::array::from_fn(|t| _mm512_reduce_add_epi32(_mm512_add_epi32(acc_01[t], acc_23[t])))
 }

@@ -19,6 +19,7 @@ pub use q8_avx2::q8_matmul_avx2;
 pub use quantize_avx2::quantize_acts_avx2;
 
 use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+use std::ops::Range;
 
 use crate::layout::I2S_BLOCK;
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
@@ -41,8 +42,14 @@ pub fn f16_avx2_available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
 }
 
-/// Tokens that share one unpack of a weight block (bitnet.cpp's ACT_PARALLEL idea).
-const TOKEN_TILE: usize = 4;
+/// Tokens that share one unpack of a weight block (bitnet.cpp's ACT_PARALLEL idea). With
+/// eight, a block's unpacking is an eighth of the work of its `maddubs`.
+const TOKEN_TILE: usize = 8;
+
+/// Activation bytes a token tile may span and still stay in L1 (32 KiB on the x86 cores
+/// of interest) beside the weights: longer rows take half tiles, since rereading the
+/// activations from L2 for every row cost more than unpacking twice as often.
+const L1_ACT_BYTES: usize = 24 * 1024;
 
 /// Weight bytes per row chunk: the chunk stays in L2 while every token tile passes
 /// over it, so neither weights nor activations are streamed from memory more than once.
@@ -64,41 +71,25 @@ fn prefetch_ahead(bytes: &[u8]) {
     }
 }
 
-/// One I2_S kernel's tile: Σ code·q of one row (`codes`) for `N` tokens (`q`) into `sums`.
+/// One I2_S kernel's tile.
 trait I2sTile {
+    /// Σ code·q of one row (`codes`) with each of `T` tokens (`q`: the tokens' values one
+    /// after another, four per code byte each), wrapping like the scalar i32 sum.
+    ///
     /// # Safety
     /// The CPU has the features the implementation is compiled for.
-    unsafe fn tile<const N: usize>(codes: &[u8], q: &[&[i8]], sums: &mut [i32]);
+    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T];
 }
 
-/// [`i2s_drive`] with `K`'s tile for as many tokens as each tile holds.
+/// The shared I2_S driver: checks every bound the SIMD code relies on, then walks the
+/// rows in chunks that stay in L2 and covers each chunk with `K`'s tiles. Inlined into
+/// each kernel's `target_feature` function, so that the tiles inline into its loops (a
+/// call per row stalled on reloading its sums through the stack).
 ///
 /// # Safety
 /// The CPU has the features `K::tile` needs.
 #[inline(always)]
-unsafe fn i2s_drive_tiles<K: I2sTile>(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
-    i2s_drive(w, acts, out, |codes, q, sums| {
-        // SAFETY: the caller guarantees the features `K::tile` needs.
-        unsafe {
-            match q.len() {
-                1 => K::tile::<1>(codes, q, sums),
-                2 => K::tile::<2>(codes, q, sums),
-                3 => K::tile::<3>(codes, q, sums),
-                _ => K::tile::<TOKEN_TILE>(codes, q, sums),
-            }
-        }
-    });
-}
-
-/// The shared I2_S driver: checks every bound the SIMD code relies on, then calls
-/// `tile(row_codes, tokens)` for each row and tile of at most [`TOKEN_TILE`] tokens.
-/// `tile` returns Σ code·q per token; the epilogue here turns it into Σ t·q and output.
-fn i2s_drive(
-    w: &I2sMatrix,
-    acts: &QuantizedActs,
-    out: &mut OutRows,
-    mut tile: impl FnMut(&[u8], &[&[i8]], &mut [i32]),
-) {
+unsafe fn i2s_drive<K: I2sTile>(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     assert!(
         w.cols.is_multiple_of(I2S_BLOCK),
         "I2_S rows must be whole blocks"
@@ -111,37 +102,64 @@ fn i2s_drive(
     assert_eq!(out.n_tokens(), n_tokens, "output tokens");
     let row_bytes = w.cols / 4;
     let chunk_rows = (CHUNK_BYTES / row_bytes.max(1)).max(1);
-    let mut sums = [0i32; TOKEN_TILE];
+    let token_tile = if TOKEN_TILE * w.cols <= L1_ACT_BYTES {
+        TOKEN_TILE
+    } else {
+        TOKEN_TILE / 2
+    };
     let mut chunk_start = rows.start;
     while chunk_start < rows.end {
         let chunk = chunk_start..(chunk_start + chunk_rows).min(rows.end);
-        for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
-            let n = TOKEN_TILE.min(n_tokens - t0);
-            let mut q: [&[i8]; TOKEN_TILE] = [&[]; TOKEN_TILE];
-            // Unused lanes divide 0 by 1.
-            let (mut act_scales, mut act_sums) = ([1f32; TOKEN_TILE], [0i32; TOKEN_TILE]);
-            for j in 0..n {
-                (q[j], act_scales[j], act_sums[j]) = acts.token(t0 + j);
-            }
-            for r in chunk.clone() {
-                let codes = &w.codes[r * row_bytes..(r + 1) * row_bytes];
-                if t0 == 0 {
-                    // Later token tiles find the chunk in L2.
-                    prefetch_ahead(codes);
-                }
-                tile(codes, &q[..n], &mut sums[..n]);
-                // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q. The SIMD sums wrap, so this
-                // is exact whenever Σ t·q itself fits in i32. Over the whole tile at
-                // once, so that the compiler divides four lanes in one instruction.
-                let values: [f32; TOKEN_TILE] = std::array::from_fn(|j| {
-                    let exact = sums[j].wrapping_sub(act_sums[j]);
-                    scalar::dequantize_sum(exact, act_scales[j], w.scale)
-                });
-                for (j, &v) in values[..n].iter().enumerate() {
-                    out.token(t0 + j)[r - rows.start] = v;
+        for t0 in (0..n_tokens).step_by(token_tile) {
+            // SAFETY: the caller guarantees the features `K::tile` needs.
+            unsafe {
+                match (n_tokens - t0).min(token_tile) {
+                    1 => cover::<K, 1>(w, acts, t0, chunk.clone(), out),
+                    2 => cover::<K, 2>(w, acts, t0, chunk.clone(), out),
+                    3 => cover::<K, 3>(w, acts, t0, chunk.clone(), out),
+                    4 => cover::<K, 4>(w, acts, t0, chunk.clone(), out),
+                    5 => cover::<K, 5>(w, acts, t0, chunk.clone(), out),
+                    6 => cover::<K, 6>(w, acts, t0, chunk.clone(), out),
+                    7 => cover::<K, 7>(w, acts, t0, chunk.clone(), out),
+                    _ => cover::<K, TOKEN_TILE>(w, acts, t0, chunk.clone(), out),
                 }
             }
         }
         chunk_start = chunk.end;
+    }
+}
+
+/// Fills `rows` of the tokens `t0..t0 + T`, one row at a time. (Tiles of several rows
+/// share activation loads, but interleaving their weight streams slowed memory-bound
+/// decode: by a fifth with two rows, by half with four.)
+///
+/// # Safety
+/// The CPU has the features `K::tile` needs.
+#[inline(always)]
+unsafe fn cover<K: I2sTile, const T: usize>(
+    w: &I2sMatrix,
+    acts: &QuantizedActs,
+    t0: usize,
+    rows: Range<usize>,
+    out: &mut OutRows,
+) {
+    let row_bytes = w.cols / 4;
+    let tokens: [_; T] = std::array::from_fn(|j| acts.token(t0 + j));
+    let q = acts.values(t0..t0 + T);
+    let first = out.rows().start;
+    for r in rows {
+        let codes = &w.codes[r * row_bytes..(r + 1) * row_bytes];
+        if t0 == 0 {
+            // Later token tiles find the chunk in L2.
+            prefetch_ahead(codes);
+        }
+        // SAFETY: the caller guarantees the features `K::tile` needs.
+        let sums = unsafe { K::tile::<T>(codes, q) };
+        for (j, &(_, act_scale, act_sum)) in tokens.iter().enumerate() {
+            // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q. The SIMD sums wrap, so this is
+            // exact whenever Σ t·q itself fits in i32.
+            let exact = sums[j].wrapping_sub(act_sum);
+            out.token(t0 + j)[r - first] = scalar::dequantize_sum(exact, act_scale, w.scale);
+        }
     }
 }
