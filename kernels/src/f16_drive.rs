@@ -56,6 +56,8 @@ pub(crate) unsafe fn f16_drive<K: F16Tile>(
     K::widen(&x16[..cols * n_tokens], scratch);
     let xs: &[f32] = scratch;
     let chunk_rows = (CHUNK_BYTES / (2 * cols).max(1)).max(1);
+    // Each tile overwrites the totals of its rows and tokens.
+    let mut totals = [[[0f32; 8]; 4]; 4];
     let mut chunk_start = rows.start;
     while chunk_start < rows.end {
         let chunk_end = (chunk_start + chunk_rows).min(rows.end);
@@ -67,7 +69,6 @@ pub(crate) unsafe fn f16_drive<K: F16Tile>(
                 let m = if n == 1 { 4 } else { 2 }.min(chunk_end - r);
                 let w = &w[r * cols..(r + m) * cols];
                 let x = &xs[t0 * cols..(t0 + n) * cols];
-                let mut totals = [[[0f32; 8]; 4]; 4];
                 // SAFETY: the caller guarantees the features `K::tile` needs.
                 unsafe {
                     match (m, n) {
