@@ -10,7 +10,7 @@ use std::arch::asm;
 use half::f16;
 
 use crate::OutRows;
-use crate::f16_drive::{F16Tile, LaneTotals, f16_drive};
+use crate::f16_drive::{F16Tile, f16_drive};
 use crate::scalar::LaneSum;
 
 /// [`crate::scalar::f16_matmul`] with NEON, bit-for-bit equal. `scratch` is reused for
@@ -61,8 +61,7 @@ impl F16Tile for Neon {
         w: &[f16],
         x: &[f32],
         cols: usize,
-        totals: &mut LaneTotals,
-    ) {
+    ) -> [[[f32; 8]; T]; R] {
         assert!(w.len() == R * cols && x.len() == T * cols);
         let body = cols / 8 * 8;
         // Lanes 0-3 and 4-7 of the scalar's eight partial sums.
@@ -84,15 +83,17 @@ impl F16Tile for Neon {
                 }
             }
         }
-        for (totals, acc) in totals.iter_mut().zip(acc) {
-            for (totals, [lo, hi]) in totals.iter_mut().zip(acc) {
+        acc.map(|row| {
+            row.map(|[lo, hi]| {
+                let mut totals = [0f32; 8];
                 // SAFETY: `totals` holds 8 f32: two stores of 4.
                 unsafe {
                     vst1q_f32(totals.as_mut_ptr(), lo);
                     vst1q_f32(totals.as_mut_ptr().add(4), hi);
                 }
-            }
-        }
+                totals
+            })
+        })
     }
 }
 

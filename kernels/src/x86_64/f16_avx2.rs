@@ -9,7 +9,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::OutRows;
-use crate::f16_drive::{F16Tile, LaneTotals, f16_drive};
+use crate::f16_drive::{F16Tile, f16_drive};
 use crate::scalar::LaneSum;
 
 /// How far ahead of the bytes being read the tile asks for them.
@@ -43,8 +43,7 @@ impl F16Tile for Avx2 {
         w: &[f16],
         x: &[f32],
         cols: usize,
-        totals: &mut LaneTotals,
-    ) {
+    ) -> [[[f32; 8]; T]; R] {
         assert!(w.len() == R * cols && x.len() == T * cols);
         let body = cols / 8 * 8;
         let mut acc = [[_mm256_setzero_ps(); T]; R];
@@ -69,11 +68,13 @@ impl F16Tile for Avx2 {
                 }
             }
         }
-        for (totals, acc) in totals.iter_mut().zip(acc) {
-            for (totals, acc) in totals.iter_mut().zip(acc) {
+        acc.map(|row| {
+            row.map(|acc| {
+                let mut totals = [0f32; 8];
                 // SAFETY: `totals` is 8 f32 = 32 bytes; storeu has no alignment need.
                 unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), acc) };
-            }
-        }
+                totals
+            })
+        })
     }
 }
