@@ -102,24 +102,27 @@ fn i2s_all_zero_activations() {
 }
 
 /// Uniform weights (codes all 0, 1 or 2) times ±127 everywhere: the largest sums, which
-/// also exercise the i16 widening boundary (K = 6912 is 54 blocks).
+/// also exercise the i16 widening boundary after 16 blocks. K = 2560 (20 blocks) takes the
+/// AVX2 eight-token `asm!` tile, K = 6912 (54 blocks) the four-token tiles.
 #[test]
 fn i2s_extremes() {
-    // One token (decode), two (a generic tile) and eight (the asm tile).
-    let (n_rows, k) = (5, 6912);
-    for code in [0u8, 1, 2] {
-        let codes = vec![code * 0b0101_0101; n_rows * k / 4];
-        for x in [1.0f32, -1.0] {
-            for n_tokens in [1, 2, 8] {
-                let acts = quantized(&vec![x; n_tokens * k], k);
-                check_i2s(&codes, n_rows, k, &acts, 0..n_rows);
+    // One token (decode), two and eight (a full prompt tile).
+    let n_rows = 5;
+    for k in [2560, 6912] {
+        for code in [0u8, 1, 2] {
+            let codes = vec![code * 0b0101_0101; n_rows * k / 4];
+            for x in [1.0f32, -1.0] {
+                for n_tokens in [1, 2, 8] {
+                    let acts = quantized(&vec![x; n_tokens * k], k);
+                    check_i2s(&codes, n_rows, k, &acts, 0..n_rows);
+                }
             }
+            // Alternating signs hit 127 and -127 in the same lanes.
+            let x: Vec<f32> = (0..8 * k)
+                .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+                .collect();
+            check_i2s(&codes, n_rows, k, &quantized(&x, k), 0..n_rows);
         }
-        // Alternating signs hit 127 and -127 in the same lanes.
-        let x: Vec<f32> = (0..2 * k)
-            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
-            .collect();
-        check_i2s(&codes, n_rows, k, &quantized(&x, k), 0..n_rows);
     }
 }
 
