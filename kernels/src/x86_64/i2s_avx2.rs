@@ -7,6 +7,7 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::{I2sTile, i2s_drive};
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
@@ -52,16 +53,10 @@ fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
         let sums = tile_8(codes, q);
         return std::array::from_fn(|t| sums[t]);
     }
-    let blocks = codes.len() / I2S_BLOCK_BYTES;
     let mask = _mm256_set1_epi8(3);
     let low_bits = _mm256_set1_epi8(0x55);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc32 = [_mm256_setzero_si256(); T];
-    let mut b0 = 0;
-    while b0 < blocks {
-        let b1 = (b0 + I16_BLOCKS).min(blocks);
-        let mut acc16 = [_mm256_setzero_si256(); T];
-        for b in b0..b1 {
+    widened_sums(codes, |span, acc16: &mut [__m256i; T]| {
+        for b in span {
             // SAFETY: block b < codes.len() / 32, so its 32 bytes are in bounds.
             let raw = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * 32).cast()) };
             // Code 3 (never written) must read as 0 like code 1: clear the high bit of
@@ -84,10 +79,26 @@ fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
                 bits = _mm256_srli_epi16(bits, 2);
             }
         }
-        for t in 0..T {
-            acc32[t] = _mm256_add_epi32(acc32[t], _mm256_madd_epi16(acc16[t], ones));
+    })
+}
+
+/// Per token, the i32 total of the i16 sums that `span` adds up over each run of at most
+/// [`I16_BLOCKS`] blocks of the row `codes` (the runs cover every block, in order).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn widened_sums<const T: usize>(
+    codes: &[u8],
+    mut span: impl FnMut(Range<usize>, &mut [__m256i; T]),
+) -> [i32; T] {
+    let blocks = codes.len() / I2S_BLOCK_BYTES;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); T];
+    for b0 in (0..blocks).step_by(I16_BLOCKS) {
+        let mut acc16 = [_mm256_setzero_si256(); T];
+        span(b0..(b0 + I16_BLOCKS).min(blocks), &mut acc16);
+        for (acc32, acc16) in acc32.iter_mut().zip(acc16) {
+            *acc32 = _mm256_add_epi32(*acc32, _mm256_madd_epi16(acc16, ones));
         }
-        b0 = b1;
     }
     acc32.map(|v| hsum_epi32(v))
 }
@@ -136,18 +147,12 @@ macro_rules! token_8 {
 fn tile_8(codes: &[u8], q: &[i8]) -> [i32; 8] {
     let k = codes.len() * 4;
     assert_eq!(q.len(), 8 * k, "activation values");
-    let blocks = codes.len() / I2S_BLOCK_BYTES;
     let mask = _mm256_set1_epi8(3);
     let low_bits = [0x55u8; 32];
-    let ones = _mm256_set1_epi16(1);
-    let mut acc32 = [_mm256_setzero_si256(); 8];
-    let mut b0 = 0;
-    while b0 < blocks {
-        let b1 = (b0 + I16_BLOCKS).min(blocks);
-        let mut s = [_mm256_setzero_si256(); 8];
-        // SAFETY: blocks b0..b1 (b1 > b0) lie inside the row: their 32 code bytes each,
-        // and each token's 128 values of them (q holds 8 * k values, asserted), are in
-        // bounds, as are the 32 bytes of `low_bits`. The loop only reads memory and
+    widened_sums(codes, |span, s: &mut [__m256i; 8]| {
+        // SAFETY: the blocks of `span` (never empty) lie inside the row: their 32 code
+        // bytes each, and each token's 128 values of them (q holds 8 * k values, asserted),
+        // are in bounds, as are the 32 bytes of `low_bits`. The loop only reads memory and
         // writes the registers declared here.
         unsafe {
             asm!(
@@ -173,10 +178,10 @@ fn tile_8(codes: &[u8], q: &[i8]) -> [i32; 8] {
                 "add {b}, 128",
                 "dec {n}",
                 "jnz 2b",
-                codes = inout(reg) codes.as_ptr().add(b0 * I2S_BLOCK_BYTES) => _,
-                a = inout(reg) q.as_ptr().add(b0 * I2S_BLOCK) => _,
-                b = inout(reg) q.as_ptr().add(3 * k + b0 * I2S_BLOCK) => _,
-                n = inout(reg) b1 - b0 => _,
+                codes = inout(reg) codes.as_ptr().add(span.start * I2S_BLOCK_BYTES) => _,
+                a = inout(reg) q.as_ptr().add(span.start * I2S_BLOCK) => _,
+                b = inout(reg) q.as_ptr().add(3 * k + span.start * I2S_BLOCK) => _,
+                n = inout(reg) span.len() => _,
                 k = in(reg) k,
                 k3 = in(reg) 3 * k,
                 low_bits = in(reg) low_bits.as_ptr(),
@@ -195,12 +200,7 @@ fn tile_8(codes: &[u8], q: &[i8]) -> [i32; 8] {
                 options(pure, readonly, nostack),
             );
         }
-        for (acc32, s) in acc32.iter_mut().zip(s) {
-            *acc32 = _mm256_add_epi32(*acc32, _mm256_madd_epi16(s, ones));
-        }
-        b0 = b1;
-    }
-    acc32.map(|v| hsum_epi32(v))
+    })
 }
 
 /// Sum of the eight i32 lanes (wrapping, like the scalar i32 sum it equals).
