@@ -68,6 +68,25 @@ impl<'a> OutRows<'a> {
         // this one from lending two slices at once, so the slice aliases nothing.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.rows.len()) }
     }
+
+    /// [`token`](Self::token) for the `T` tokens from `t0` at once, for kernels that
+    /// write one row of several tokens at a time.
+    pub fn tokens<const T: usize>(&mut self, t0: usize) -> [&mut [f32]; T] {
+        assert!(
+            t0 + T <= self.n_tokens,
+            "tokens {t0}..{} of {}",
+            t0 + T,
+            self.n_tokens
+        );
+        std::array::from_fn(|j| {
+            let start = (t0 + j) * self.n_rows + self.rows.start;
+            // SAFETY: as in `token`, each slice is in bounds and covers rows no other
+            // `OutRows` has; the slices belong to distinct tokens, so they are disjoint,
+            // and `&mut self` keeps any other slice of this `OutRows` from being lent
+            // while they live.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.rows.len()) }
+        })
+    }
 }
 
 /// A `[n_tokens][n_rows]` output cut into blocks of `chunk` rows, handed out one block at a
@@ -162,5 +181,16 @@ mod tests {
         part.token(0).copy_from_slice(&[1.0, 2.0]);
         part.token(1).copy_from_slice(&[3.0, 4.0]);
         assert_eq!(out, [0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0]);
+    }
+
+    #[test]
+    fn several_tokens_at_once_write_only_their_rows() {
+        let mut out = vec![0f32; 3 * 4];
+        let mut part = OutRows::new(&mut out, 3, 4, 2..4);
+        let [a, b] = part.tokens::<2>(1);
+        a.copy_from_slice(&[1.0, 2.0]);
+        b.copy_from_slice(&[3.0, 4.0]);
+        let want = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0];
+        assert_eq!(out, want);
     }
 }

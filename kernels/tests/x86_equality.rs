@@ -79,10 +79,12 @@ fn check_i2s(codes: &[u8], n_rows: usize, k: usize, acts: &QuantizedActs, rows: 
 #[test]
 fn i2s_random_shapes() {
     let mut rng = Rng::new(1);
-    for n_rows in [1, 3, 31, 640, 2560] {
-        for k in [128, 256, 384, 2560, 6912] {
+    // K = 3200 and 6912 are covered in uneven and even column slices at eight tokens,
+    // over 100 rows (several slices' row groups); nine tokens are a full tile and one.
+    for n_rows in [1, 3, 31, 100, 640, 2560] {
+        for k in [128, 256, 384, 2560, 3200, 6912] {
             let codes = weights(&mut rng, Weights::Random, n_rows, k);
-            for n_tokens in [1, 2, 3, 5, 7, 128] {
+            for n_tokens in [1, 2, 3, 5, 7, 9, 128] {
                 // Keeps the debug-build scalar reference fast; every shape runs with 1 token.
                 if n_tokens > 1 && n_rows * k * n_tokens > 24_000_000 {
                     continue;
@@ -103,7 +105,7 @@ fn i2s_all_zero_activations() {
 
 /// Uniform weights (codes all 0, 1 or 2) times ±127 everywhere: the largest sums, which
 /// also exercise the i16 widening boundary after 16 blocks. K = 2560 (20 blocks) takes the
-/// AVX2 eight-token `asm!` tile, K = 6912 (54 blocks) the four-token tiles.
+/// AVX2 eight-token `asm!` tile whole, K = 6912 (54 blocks) in three slices.
 #[test]
 fn i2s_extremes() {
     // One token (decode), two and eight (a full prompt tile).

@@ -37,20 +37,22 @@ struct Avx2;
 
 impl I2sTile for Avx2 {
     #[inline(always)]
-    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
+    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8], stride: usize) -> [i32; T] {
         // SAFETY: the caller guarantees the features of `tile` (the trait's contract).
-        unsafe { tile::<T>(codes, q) }
+        unsafe { tile::<T>(codes, q, stride) }
     }
 }
 
-/// Σ code·q of one row for `T` tokens.
+/// Σ code·q of one row's blocks for `T` tokens (see [`I2sTile::tile`]).
 #[target_feature(enable = "avx2")]
 #[inline]
-fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
-    let k = codes.len() * 4;
-    assert_eq!(q.len(), T * k, "activation values");
+fn tile<const T: usize>(codes: &[u8], q: &[i8], stride: usize) -> [i32; T] {
+    assert!(
+        q.len() >= (T - 1) * stride + codes.len() * 4,
+        "activation values"
+    );
     if T == 8 {
-        let sums = tile_8(codes, q);
+        let sums = tile_8(codes, q, stride);
         return std::array::from_fn(|t| sums[t]);
     }
     let mask = _mm256_set1_epi8(3);
@@ -69,10 +71,11 @@ fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
             for g in (0..4).rev() {
                 let c = _mm256_and_si256(bits, mask);
                 for (t, acc16) in acc16.iter_mut().enumerate() {
-                    // SAFETY: q holds T * k values (asserted), so the 32 values of group g
-                    // of block b of token t are in bounds.
+                    // SAFETY: token t's values of these blocks are in bounds (asserted), so
+                    // the 32 values of group g of block b are.
                     let a = unsafe {
-                        _mm256_loadu_si256(q.as_ptr().add(t * k + b * I2S_BLOCK + g * 32).cast())
+                        let at = t * stride + b * I2S_BLOCK + g * 32;
+                        _mm256_loadu_si256(q.as_ptr().add(at).cast())
                     };
                     *acc16 = _mm256_add_epi16(*acc16, _mm256_maddubs_epi16(c, a));
                 }
@@ -100,12 +103,37 @@ fn widened_sums<const T: usize>(
             *acc32 = _mm256_add_epi32(*acc32, _mm256_madd_epi16(acc16, ones));
         }
     }
+    if T == 8 {
+        let sums = hsum_8(std::array::from_fn(|t| acc32[t]));
+        return std::array::from_fn(|t| sums[t]);
+    }
     acc32.map(|v| hsum_epi32(v))
+}
+
+/// The lane sums of eight vectors at once (a transposing reduction: nine instructions
+/// instead of six per vector), wrapping like the scalar i32 sum.
+#[target_feature(enable = "avx2")]
+fn hsum_8(v: [__m256i; 8]) -> [i32; 8] {
+    // Pairwise: [v0 v1 v2 v3] halves in the low lanes, [v4..v7] after, per 128-bit lane.
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    // Each 128-bit lane now holds a partial sum of v0..v3 (or v4..v7): add the halves.
+    let low = _mm256_permute2x128_si256::<0x20>(h0123, h4567);
+    let high = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
+    let mut sums = [0i32; 8];
+    // SAFETY: `sums` has room for eight i32.
+    unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), _mm256_add_epi32(low, high)) };
+    sums
 }
 
 /// One 32-value group of a block (at byte `$off`) times the codes in ymm9 for each of the
 /// eight tokens, added to their sums in ymm0-7. Token t's values start at `{a}` + t·`{k}`
-/// (`{b}` = `{a}` + 3·`{k}`, `{k3}` = 3·`{k}`), so two pointers address all eight.
+/// (`{k}` the stride, `{b}` = `{a}` + 3·`{k}`, `{k3}` = 3·`{k}`), so two pointers address
+/// all eight.
 macro_rules! group_8 {
     ($off:literal) => {
         concat!(
@@ -144,15 +172,13 @@ macro_rules! token_8 {
 /// `asm!`, so the eight sums and every pointer stay in registers.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn tile_8(codes: &[u8], q: &[i8]) -> [i32; 8] {
-    let k = codes.len() * 4;
-    assert_eq!(q.len(), 8 * k, "activation values");
+fn tile_8(codes: &[u8], q: &[i8], stride: usize) -> [i32; 8] {
+    assert!(q.len() >= 7 * stride + codes.len() * 4, "activation values");
     let mask = _mm256_set1_epi8(3);
     let low_bits = [0x55u8; 32];
     widened_sums(codes, |span, s: &mut [__m256i; 8]| {
-        // SAFETY: the blocks of `span` (never empty) lie inside the row: their 32 code
-        // bytes each, and each token's 128 values of them (q holds 8 * k values, asserted),
-        // are in bounds, as are the 32 bytes of `low_bits`. The loop only reads memory and
+        // SAFETY: the blocks of `span` (never empty) lie inside `codes`: their 32 code
+        // bytes each, and each token's 128 values of them (asserted), are in bounds, as are the 32 bytes of `low_bits`. The loop only reads memory and
         // writes the registers declared here.
         unsafe {
             asm!(
@@ -180,10 +206,10 @@ fn tile_8(codes: &[u8], q: &[i8]) -> [i32; 8] {
                 "jnz 2b",
                 codes = inout(reg) codes.as_ptr().add(span.start * I2S_BLOCK_BYTES) => _,
                 a = inout(reg) q.as_ptr().add(span.start * I2S_BLOCK) => _,
-                b = inout(reg) q.as_ptr().add(3 * k + span.start * I2S_BLOCK) => _,
+                b = inout(reg) q.as_ptr().add(3 * stride + span.start * I2S_BLOCK) => _,
                 n = inout(reg) span.len() => _,
-                k = in(reg) k,
-                k3 = in(reg) 3 * k,
+                k = in(reg) stride,
+                k3 = in(reg) 3 * stride,
                 low_bits = in(reg) low_bits.as_ptr(),
                 in("ymm15") mask,
                 inout("ymm0") s[0],

@@ -28,18 +28,18 @@ struct Avx512;
 
 impl I2sTile for Avx512 {
     #[inline(always)]
-    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T] {
+    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8], stride: usize) -> [i32; T] {
         // SAFETY: the caller guarantees the features of `tile` (the trait's contract).
-        unsafe { tile::<T>(codes, q) }
+        unsafe { tile::<T>(codes, q, stride) }
     }
 }
 
-/// Σ code·q of one row for `N` tokens, unpacking each weight block once for all of them.
+/// Σ code·q of one row's blocks for `N` tokens (see [`I2sTile::tile`]), unpacking each
+/// weight block once for all of them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn tile<const N: usize>(codes: &[u8], q: &[i8]) -> [i32; N] {
-    assert_eq!(q.len(), N * codes.len() * 4);
-    let q: [&[i8]; N] = std::array::from_fn(|t| &q[t * codes.len() * 4..][..codes.len() * 4]);
+fn tile<const N: usize>(codes: &[u8], q: &[i8], stride: usize) -> [i32; N] {
+    let q: [&[i8]; N] = std::array::from_fn(|t| &q[t * stride..][..codes.len() * 4]);
     let blocks = codes.len() / I2S_BLOCK_BYTES;
     let mask = _mm512_set1_epi8(3);
     let low_bits = _mm256_set1_epi8(0x55);

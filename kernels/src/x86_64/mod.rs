@@ -18,10 +18,10 @@ pub use i2s_avx512::i2s_matmul_avx512;
 pub use q8_avx2::q8_matmul_avx2;
 pub use quantize_avx2::quantize_acts_avx2;
 
-use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::layout::I2S_BLOCK;
+use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// Whether [`i2s_matmul_avx2`], [`q8_matmul_avx2`] and [`quantize_acts_avx2`] may run
@@ -47,9 +47,13 @@ pub fn f16_avx2_available() -> bool {
 const TOKEN_TILE: usize = 8;
 
 /// Activation bytes a token tile may span and still stay in L1 (32 KiB on the x86 cores
-/// of interest) beside the weights: longer rows take half tiles, since rereading the
-/// activations from L2 for every row cost more than unpacking twice as often.
+/// of interest) beside the weights: longer rows are covered in column slices, each
+/// passing over the rows while its activations stay in L1 (rereading them from L2 for
+/// every row cost more than unpacking a block for half as many tokens).
 const L1_ACT_BYTES: usize = 24 * 1024;
+
+/// Rows whose partial sums a sliced cover holds at a time.
+const SLICE_ROWS: usize = 32;
 
 /// Weight bytes per row chunk: the chunk stays in L2 while every token tile passes
 /// over it, so neither weights nor activations are streamed from memory more than once.
@@ -73,12 +77,13 @@ fn prefetch_ahead(bytes: &[u8]) {
 
 /// One I2_S kernel's tile.
 trait I2sTile {
-    /// Σ code·q of one row (`codes`) with each of `T` tokens (`q`: the tokens' values one
-    /// after another, four per code byte each), wrapping like the scalar i32 sum.
+    /// Σ code·q of whole blocks of one row (`codes`) with each of `T` tokens, wrapping
+    /// like the scalar i32 sum. Token t's values for those blocks, four per code byte,
+    /// start at `q[t * stride]`.
     ///
     /// # Safety
     /// The CPU has the features the implementation is compiled for.
-    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8]) -> [i32; T];
+    unsafe fn tile<const T: usize>(codes: &[u8], q: &[i8], stride: usize) -> [i32; T];
 }
 
 /// The shared I2_S driver: checks every bound the SIMD code relies on, then walks the
@@ -100,20 +105,14 @@ unsafe fn i2s_drive<K: I2sTile>(w: &I2sMatrix, acts: &QuantizedActs, out: &mut O
     assert!(rows.end <= w.rows, "row range");
     let n_tokens = acts.n_tokens();
     assert_eq!(out.n_tokens(), n_tokens, "output tokens");
-    let row_bytes = w.cols / 4;
-    let chunk_rows = (CHUNK_BYTES / row_bytes.max(1)).max(1);
-    let token_tile = if TOKEN_TILE * w.cols <= L1_ACT_BYTES {
-        TOKEN_TILE
-    } else {
-        TOKEN_TILE / 2
-    };
+    let chunk_rows = (CHUNK_BYTES / (w.cols / 4).max(1)).max(1);
     let mut chunk_start = rows.start;
     while chunk_start < rows.end {
         let chunk = chunk_start..(chunk_start + chunk_rows).min(rows.end);
-        for t0 in (0..n_tokens).step_by(token_tile) {
+        for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
             // SAFETY: the caller guarantees the features `K::tile` needs.
             unsafe {
-                match (n_tokens - t0).min(token_tile) {
+                match (n_tokens - t0).min(TOKEN_TILE) {
                     1 => cover::<K, 1>(w, acts, t0, chunk.clone(), out),
                     2 => cover::<K, 2>(w, acts, t0, chunk.clone(), out),
                     3 => cover::<K, 3>(w, acts, t0, chunk.clone(), out),
@@ -131,7 +130,9 @@ unsafe fn i2s_drive<K: I2sTile>(w: &I2sMatrix, acts: &QuantizedActs, out: &mut O
 
 /// Fills `rows` of the tokens `t0..t0 + T`, one row at a time. (Tiles of several rows
 /// share activation loads, but interleaving their weight streams slowed memory-bound
-/// decode: by a fifth with two rows, by half with four.)
+/// decode: by a fifth with two rows, by half with four.) Rows too long for the tokens'
+/// activations to stay in L1 are covered in equal column slices, [`SLICE_ROWS`] rows at
+/// a time, adding up each row's slices before its outputs are written.
 ///
 /// # Safety
 /// The CPU has the features `K::tile` needs.
@@ -144,22 +145,93 @@ unsafe fn cover<K: I2sTile, const T: usize>(
     out: &mut OutRows,
 ) {
     let row_bytes = w.cols / 4;
-    let tokens: [_; T] = std::array::from_fn(|j| acts.token(t0 + j));
+    let blocks = row_bytes / I2S_BLOCK_BYTES;
+    let n_slices = blocks
+        .div_ceil((L1_ACT_BYTES / (T * I2S_BLOCK)).max(1))
+        .max(1);
+    let slice_bytes = blocks.div_ceil(n_slices) * I2S_BLOCK_BYTES;
+    let (act_scales, act_sums): ([f32; T], [i32; T]) = (
+        std::array::from_fn(|j| acts.token(t0 + j).1),
+        std::array::from_fn(|j| acts.token(t0 + j).2),
+    );
     let q = acts.values(t0..t0 + T);
     let first = out.rows().start;
-    for r in rows {
-        let codes = &w.codes[r * row_bytes..(r + 1) * row_bytes];
-        if t0 == 0 {
-            // Later token tiles find the chunk in L2.
-            prefetch_ahead(codes);
+    let mut outs = out.tokens::<T>(t0);
+    for r0 in rows.clone().step_by(SLICE_ROWS) {
+        let some_rows = r0..(r0 + SLICE_ROWS).min(rows.end);
+        let mut sums = [[0i32; T]; SLICE_ROWS];
+        for c0 in (0..row_bytes).step_by(slice_bytes) {
+            let c1 = (c0 + slice_bytes).min(row_bytes);
+            for (r, sums) in some_rows.clone().zip(&mut sums) {
+                let codes = &w.codes[r * row_bytes..][c0..c1];
+                if t0 == 0 {
+                    // Later token tiles find the chunk in L2.
+                    prefetch_ahead(codes);
+                }
+                // SAFETY: the caller guarantees the features `K::tile` needs.
+                let part = unsafe { K::tile::<T>(codes, &q[c0 * 4..], w.cols) };
+                for (sum, part) in sums.iter_mut().zip(part) {
+                    *sum = sum.wrapping_add(part);
+                }
+            }
         }
-        // SAFETY: the caller guarantees the features `K::tile` needs.
-        let sums = unsafe { K::tile::<T>(codes, q) };
-        for (j, &(_, act_scale, act_sum)) in tokens.iter().enumerate() {
-            // Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q. The SIMD sums wrap, so this is
-            // exact whenever Σ t·q itself fits in i32.
-            let exact = sums[j].wrapping_sub(act_sum);
-            out.token(t0 + j)[r - first] = scalar::dequantize_sum(exact, act_scale, w.scale);
+        for (r, &sums) in some_rows.zip(&sums) {
+            // SAFETY: the caller guarantees AVX2 (implied by every `K`'s features).
+            let values = unsafe { dequantize(sums, &act_sums, &act_scales, w.scale) };
+            for (out, value) in outs.iter_mut().zip(values) {
+                out[r - first] = value;
+            }
         }
     }
+}
+
+/// One row's outputs for `T` tokens from its Σ code·q, exactly as
+/// [`scalar::dequantize_sum`] computes each: Σ t·q = Σ (code − 1)·q = Σ code·q − Σ q.
+/// The SIMD sums wrap, so this is exact whenever Σ t·q itself fits in i32.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn dequantize<const T: usize>(
+    sums: [i32; T],
+    act_sums: &[i32; T],
+    act_scales: &[f32; T],
+    w_scale: f32,
+) -> [f32; T] {
+    if T == TOKEN_TILE {
+        let part = |v: &[i32]| -> [i32; TOKEN_TILE] { v.try_into().expect("a full tile") };
+        let scales: [f32; TOKEN_TILE] = act_scales[..].try_into().expect("a full tile");
+        // SAFETY: the caller guarantees AVX2.
+        let values = unsafe { dequantize_8(part(&sums), part(act_sums), scales, w_scale) };
+        return std::array::from_fn(|j| values[j]);
+    }
+    std::array::from_fn(|j| {
+        scalar::dequantize_sum(sums[j].wrapping_sub(act_sums[j]), act_scales[j], w_scale)
+    })
+}
+
+/// [`dequantize`] of a full tile in one vector: the same IEEE operations per lane (the
+/// divisions are the costly part, eight per row otherwise).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn dequantize_8(
+    sums: [i32; 8],
+    act_sums: [i32; 8],
+    act_scales: [f32; 8],
+    w_scale: f32,
+) -> [f32; 8] {
+    // SAFETY: each pointer addresses eight 4-byte values of an array.
+    let (sums, act_sums, act_scales) = unsafe {
+        (
+            _mm256_loadu_si256(sums.as_ptr().cast()),
+            _mm256_loadu_si256(act_sums.as_ptr().cast()),
+            _mm256_loadu_ps(act_scales.as_ptr()),
+        )
+    };
+    let exact = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, act_sums));
+    let values = _mm256_mul_ps(_mm256_div_ps(exact, act_scales), _mm256_set1_ps(w_scale));
+    let mut out = [0f32; 8];
+    // SAFETY: `out` has room for eight floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), values) };
+    out
 }
