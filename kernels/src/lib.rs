@@ -18,6 +18,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+mod aligned;
 pub mod broadcast;
 pub mod dispatch;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -48,7 +49,7 @@ pub struct I2sMatrix<'a> {
 #[derive(Default)]
 pub struct QuantizedActs {
     k: usize,
-    q: Vec<i8>,
+    q: aligned::LineAlignedI8,
     scales: Vec<f32>,
     sums: Vec<i32>,
 }
@@ -60,7 +61,7 @@ impl QuantizedActs {
 
     fn reset(&mut self, k: usize, n_tokens: usize) {
         self.k = k;
-        self.q.resize(k * n_tokens, 0);
+        self.q.resize(k * n_tokens);
         self.scales.resize(n_tokens, 0.0);
         self.sums.resize(n_tokens, 0);
     }
@@ -73,12 +74,15 @@ impl QuantizedActs {
             .chunks_exact(k)
             .map(|t| t.iter().map(|&v| i32::from(v)).sum())
             .collect();
-        Self {
+        let mut acts = Self {
             k,
-            q: q.to_vec(),
+            q: Default::default(),
             scales: scales.to_vec(),
             sums,
-        }
+        };
+        acts.q.resize(q.len());
+        acts.q.copy_from_slice(q);
+        acts
     }
 
     pub fn n_tokens(&self) -> usize {
