@@ -145,7 +145,8 @@ fn quantize(c: &mut Criterion) {
     #[cfg(target_arch = "x86_64")]
     if bitnet_kernels::x86_64::i2s_avx2_available() {
         c.bench_function("quantize_acts_avx2/6912", |b| {
-            b.iter(|| bitnet_kernels::x86_64::quantize_acts_avx2(black_box(&x), 6912, &mut acts))
+            let avx2 = bitnet_kernels::dispatch::Kernel::I2sAvx2;
+            b.iter(|| avx2.quantize(black_box(&x), 6912, &mut acts))
         });
     }
 }

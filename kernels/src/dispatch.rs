@@ -9,7 +9,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::q8::Q8Matrix;
 use crate::scalar::LaneSum;
 use crate::tl1::{Tl1Matrix, tl1_pack};
-use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
+use crate::{ActsBlock, I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// What the user asked for (`--kernel auto|scalar|tl1|i2s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -168,17 +168,26 @@ impl Kernel {
         }
     }
 
-    /// Per-token int8 quantization (bit-identical on every path).
+    /// Per-token int8 quantization of `x` (whole tokens of `k` values) into `acts`.
     pub fn quantize(self, x: &[f32], k: usize, acts: &mut QuantizedActs) {
+        let n = x.len() / k;
+        for block in acts.token_blocks_mut(k, n, n.max(1)) {
+            self.quantize_block(x, block);
+        }
+    }
+
+    /// Per-token int8 quantization of `x`, the tokens of `out` (a block of
+    /// [`QuantizedActs::token_blocks_mut`]); bit-identical on every path.
+    pub fn quantize_block(self, x: &[f32], out: ActsBlock) {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::i2s_avx2_available() {
-            return crate::x86_64::quantize_acts_avx2(x, k, acts);
+            return crate::x86_64::quantize_acts_avx2(x, out);
         }
         #[cfg(target_arch = "aarch64")]
         if self != Kernel::Scalar {
-            return crate::aarch64::quantize_acts_neon(x, k, acts);
+            return crate::aarch64::quantize_acts_neon(x, out);
         }
-        scalar::quantize_acts(x, k, acts)
+        scalar::quantize_block(x, out)
     }
 
     /// The 8-bit output projection (bit-identical on every path).
@@ -277,6 +286,28 @@ mod tests {
         for choice in [KernelChoice::Scalar, KernelChoice::Tl1, KernelChoice::I2s] {
             if let Ok(kernel) = Kernel::select(choice) {
                 assert!(kernel.self_test(), "{}", kernel.name());
+            }
+        }
+    }
+
+    #[test]
+    fn quantizing_in_blocks_equals_quantizing_at_once() {
+        let (k, n) = (96, 7);
+        let x: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 6.5)
+            .collect();
+        for choice in [KernelChoice::Scalar, KernelChoice::Auto] {
+            let kernel = Kernel::select(choice).unwrap();
+            let mut whole = QuantizedActs::new();
+            kernel.quantize(&x, k, &mut whole);
+            let mut blocks = QuantizedActs::new();
+            for (x, block) in x.chunks(3 * k).zip(blocks.token_blocks_mut(k, n, 3)) {
+                kernel.quantize_block(x, block);
+            }
+            assert_eq!(blocks.n_tokens(), n);
+            for t in 0..n {
+                let ((bq, bs, bsum), (wq, ws, wsum)) = (blocks.token(t), whole.token(t));
+                assert_eq!((bq, bs.to_bits(), bsum), (wq, ws.to_bits(), wsum));
             }
         }
     }

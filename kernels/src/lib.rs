@@ -59,11 +59,25 @@ impl QuantizedActs {
         Self::default()
     }
 
-    fn reset(&mut self, k: usize, n_tokens: usize) {
+    /// Makes room for `n_tokens` tokens of `k` values and lends them in blocks of `block`
+    /// tokens (the last may be shorter), in token order, for a quantizer to fill: the
+    /// blocks are disjoint, so threads can fill them at the same time.
+    pub fn token_blocks_mut(
+        &mut self,
+        k: usize,
+        n_tokens: usize,
+        block: usize,
+    ) -> impl Iterator<Item = ActsBlock<'_>> + Send {
+        assert!(k > 0 && block > 0, "empty tokens or blocks");
         self.k = k;
         self.q.resize(k * n_tokens);
         self.scales.resize(n_tokens, 0.0);
         self.sums.resize(n_tokens, 0);
+        self.q
+            .chunks_mut(block * k)
+            .zip(self.scales.chunks_mut(block))
+            .zip(self.sums.chunks_mut(block))
+            .map(move |((q, scales), sums)| ActsBlock { k, q, scales, sums })
     }
 
     /// Activations already quantized elsewhere: `q` holds tokens of `k` values, one
@@ -105,5 +119,27 @@ impl QuantizedActs {
             self.scales[t],
             self.sums[t],
         )
+    }
+}
+
+/// Consecutive tokens of a [`QuantizedActs`] to be quantized (see
+/// [`QuantizedActs::token_blocks_mut`]). Every quantizer fills it the same way, one token
+/// at a time, so a token's values do not depend on the block it is in.
+pub struct ActsBlock<'a> {
+    k: usize,
+    q: &'a mut [i8],
+    scales: &'a mut [f32],
+    sums: &'a mut [i32],
+}
+
+impl ActsBlock<'_> {
+    /// Quantizes `x`, this block's tokens one after another, with `row`: it fills one
+    /// token's int8 values and returns their scale and sum.
+    pub fn fill(self, x: &[f32], mut row: impl FnMut(&[f32], &mut [i8]) -> (f32, i32)) {
+        assert_eq!(x.len(), self.q.len(), "x must hold the block's tokens");
+        let tokens = x.chunks_exact(self.k).zip(self.q.chunks_exact_mut(self.k));
+        for ((x, q), (scale, sum)) in tokens.zip(self.scales.iter_mut().zip(self.sums)) {
+            (*scale, *sum) = row(x, q);
+        }
     }
 }

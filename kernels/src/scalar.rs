@@ -7,7 +7,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
 use crate::q8::Q8Matrix;
 use crate::rows::OutRows;
-use crate::{I2sMatrix, QuantizedActs};
+use crate::{ActsBlock, I2sMatrix, QuantizedActs};
 
 /// bitnet.cpp's `quantize_row_i8_s`: scale = 127 / max(|x|, 1e-5) (max taken in
 /// double), q = round-half-to-even(x * scale) clamped to [-128, 127], plus the sum of q.
@@ -23,14 +23,18 @@ pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     (scale, sum)
 }
 
-/// Quantizes `x` (tokens of `k` values each) into `acts`, reusing its buffers.
+/// Quantizes `x` (whole tokens of `k` values each) into `acts`, reusing its buffers.
 pub fn quantize_acts(x: &[f32], k: usize, acts: &mut QuantizedActs) {
-    acts.reset(k, x.len() / k);
-    for (t, row) in x.chunks_exact(k).enumerate() {
-        let (scale, sum) = quantize_row_i8(row, &mut acts.q[t * k..(t + 1) * k]);
-        acts.scales[t] = scale;
-        acts.sums[t] = sum;
+    let n = x.len() / k;
+    for block in acts.token_blocks_mut(k, n, n.max(1)) {
+        quantize_block(x, block);
     }
+}
+
+/// Quantizes `x`, the tokens of `out`, token by token with [`quantize_row_i8`]: the
+/// signature every activation quantizer has.
+pub fn quantize_block(x: &[f32], out: ActsBlock) {
+    out.fill(x, quantize_row_i8);
 }
 
 /// Exact Σ t·q over one I2_S row (`codes` = the row's k/4 bytes, k a multiple of 128).

@@ -5,16 +5,19 @@
 //! F16-rounded queries with the F16 KV cache and F16-rounded probabilities with V,
 //! and the tied output projection uses F16-rounded activations.
 //!
-//! Matrix products are split by output rows, attention by heads, over the model's
-//! compute pool. Each output element is computed by the same code whatever the thread
-//! count, so results do not depend on it.
+//! Matrix products are split by output rows, attention by heads, and the per-token steps
+//! between them (norms, quantization, RoPE, residuals) by blocks of whole tokens, over
+//! the model's compute pool. Each output element is computed by the same code whatever
+//! the thread count, so results do not depend on it.
 
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use bitnet_kernels::dispatch::Kernel;
 use bitnet_kernels::scalar::{self, LaneSum};
 use bitnet_kernels::{OutRows, QuantizedActs, RowsOut};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::hparams::{Arch, HParams};
 use super::weights::{Embedding, Ternary};
@@ -22,7 +25,8 @@ use super::{Model, ModelError};
 use crate::compute::Pool;
 use crate::gguf::GgmlType;
 
-/// Row blocks per thread: several, so that a thread slowed by other work takes fewer.
+/// Row (or token) blocks per thread: several, so that a thread slowed by other work takes
+/// fewer.
 const BLOCKS_PER_THREAD: usize = 8;
 
 /// Per-sequence state: the KV cache and the scratch buffers of one forward pass.
@@ -48,20 +52,18 @@ struct Buffers {
     gate: Vec<f32>,
     up: Vec<f32>,
     proj: Vec<f32>,
-    q16: Vec<f16>,
     acts: QuantizedActs,
     logits: Vec<f32>,
     head_in: Vec<f16>,
     head_q8: Vec<u8>,
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    rope: RopeTable,
     /// One per compute thread, taken by thread index (so never contended).
     threads: Vec<Mutex<ThreadScratch>>,
 }
 
 /// What one compute thread needs for itself.
 struct ThreadScratch {
-    /// One head's queries of a block of tokens, contiguous for the F16 product.
+    /// One head's queries of a block of tokens, rotated and contiguous for the F16 product.
     q_head: Vec<f16>,
     /// Attention scores of a block of queries over the visible cache, `[token][key]`.
     scores: Vec<f32>,
@@ -106,7 +108,6 @@ impl Buffers {
             gate: room(ff),
             up: room(ff),
             proj: room(d),
-            q16: Vec::with_capacity(n * d),
             ..Default::default()
         }
     }
@@ -202,38 +203,39 @@ impl Model {
         }
         let (file, pool, kernel) = (self.file(), &self.pool, self.kernel);
         let (n, d, dkv, ff) = (tokens.len(), hp.n_embd, hp.n_embd_kv(), hp.n_ff);
+        let steps = TokenSteps::new(pool, kernel, hp.rms_eps, n);
         let b = &mut s.buf;
         b.ensure_threads(pool.n_threads(), hp, s.n_ctx);
         b.x.resize(n * d, 0.0);
-        for (row, &tok) in b.x.chunks_exact_mut(d).zip(tokens) {
-            self.embedding_row(tok as usize, row);
-        }
-        rope_table(hp, s.n_past, n, &mut b.rope_cos, &mut b.rope_sin);
+        b.xn.resize(n * d, 0.0);
+        b.rope.fill(hp, s.n_past, n);
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            // Attention block.
-            rms_norm(&b.x, &layer.attn_norm, hp.rms_eps, &mut b.xn);
-            kernel.quantize(&b.xn, d, &mut b.acts);
+            // Attention block. Its input: the embeddings, or the last layer's output.
+            let proj = &b.proj;
+            steps.layer_input(
+                &mut b.x,
+                &mut b.xn,
+                &layer.attn_norm,
+                &mut b.acts,
+                |t, x| {
+                    if l == 0 {
+                        self.embed(&tokens[t], x);
+                    } else {
+                        add(x, &proj[t.start * d..t.end * d]);
+                    }
+                },
+            );
             bitlinear(pool, kernel, &layer.wq, file, &b.acts, &mut b.q);
             bitlinear(pool, kernel, &layer.wk, file, &b.acts, &mut b.k);
             bitlinear(pool, kernel, &layer.wv, file, &b.acts, &mut b.v);
-            apply_rope(&mut b.q, hp.head_dim, &b.rope_cos, &b.rope_sin);
-            apply_rope(&mut b.k, hp.head_dim, &b.rope_cos, &b.rope_sin);
             let layer_cache = l * s.n_ctx * dkv;
             let layer_end = layer_cache + s.n_ctx * dkv;
             let (k_layer, v_layer) = (
                 &mut s.k_cache[layer_cache..layer_end],
                 &mut s.v_cache[layer_cache..layer_end],
             );
-            let hd = hp.head_dim;
-            for t in 0..n {
-                for h in 0..hp.n_head_kv {
-                    let src = t * dkv + h * hd..t * dkv + (h + 1) * hd;
-                    let at = (h * s.n_ctx + s.n_past + t) * hd;
-                    store_f16(&b.k[src.clone()], &mut k_layer[at..at + hd]);
-                    store_f16(&b.v[src], &mut v_layer[at..at + hd]);
-                }
-            }
+            store_kv(&steps, hp, b, k_layer, v_layer, s.n_ctx, s.n_past);
             let cache = LayerCache {
                 k: k_layer,
                 v: v_layer,
@@ -241,35 +243,52 @@ impl Model {
                 len: s.n_past + n,
             };
             attention(pool, kernel, hp, &cache, b);
-            if let Some(w) = &layer.attn_sub_norm {
-                rms_norm_in_place(&mut b.attn, w, hp.rms_eps);
-            }
-            kernel.quantize(&b.attn, d, &mut b.acts);
+            let sub_norm = layer.attn_sub_norm.as_deref();
+            steps.projection_input(&mut b.attn, sub_norm, &mut b.acts, |_, _| {});
             bitlinear(pool, kernel, &layer.wo, file, &b.acts, &mut b.proj);
-            add(&mut b.x, &b.proj);
 
             // Feed-forward block.
-            rms_norm(&b.x, &layer.ffn_norm, hp.rms_eps, &mut b.xn);
-            kernel.quantize(&b.xn, d, &mut b.acts);
+            let proj = &b.proj;
+            steps.layer_input(&mut b.x, &mut b.xn, &layer.ffn_norm, &mut b.acts, |t, x| {
+                add(x, &proj[t.start * d..t.end * d]);
+            });
             bitlinear(pool, kernel, &layer.gate, file, &b.acts, &mut b.gate);
             bitlinear(pool, kernel, &layer.up, file, &b.acts, &mut b.up);
-            gated_activation(hp.arch, &mut b.gate, &b.up);
-            if let Some(w) = &layer.ffn_sub_norm {
-                rms_norm_in_place(&mut b.gate, w, hp.rms_eps);
-            }
-            kernel.quantize(&b.gate, ff, &mut b.acts);
+            let (up, sub_norm) = (&b.up, layer.ffn_sub_norm.as_deref());
+            steps.projection_input(&mut b.gate, sub_norm, &mut b.acts, |t, gate| {
+                gated_activation(hp.arch, gate, &up[t.start * ff..t.end * ff]);
+            });
             bitlinear(pool, kernel, &layer.down, file, &b.acts, &mut b.proj);
-            add(&mut b.x, &b.proj);
         }
 
-        let rows = match want {
-            Logits::Last => &b.x[(n - 1) * d..],
-            Logits::All => &b.x[..],
+        // The last layer's output, normed, for the tokens whose logits are wanted (only they
+        // get its feed-forward residual).
+        let first = match want {
+            Logits::Last => n - 1,
+            Logits::All => 0,
         };
-        rms_norm(rows, &self.weights.output_norm, hp.rms_eps, &mut b.xn);
+        let out = TokenSteps::new(pool, kernel, hp.rms_eps, n - first);
+        let len = out.block * d;
+        b.xn.resize((n - first) * d, 0.0);
+        let rows = b.x[first * d..].chunks_mut(len);
+        let rows = rows
+            .zip(b.proj[first * d..].chunks(len))
+            .zip(b.xn.chunks_mut(len));
+        out.run(rows, |((x, proj), xn)| {
+            add(x, proj);
+            rms_norm(x, &self.weights.output_norm, hp.rms_eps, xn);
+        });
         self.output_projection(b);
         s.n_past += n;
         Ok(&s.buf.logits)
+    }
+
+    /// Writes the embeddings of `tokens` into `out`, one row each.
+    fn embed(&self, tokens: &[u32], out: &mut [f32]) {
+        let d = self.hparams.n_embd;
+        for (row, &token) in out.chunks_exact_mut(d).zip(tokens) {
+            self.embedding_row(token as usize, row);
+        }
     }
 
     /// Writes the embedding of `token` into `out`.
@@ -369,17 +388,114 @@ fn bitlinear(
     pool.run(&|_| {
         while let Some(mut part) = parts.next_chunk() {
             kernel.matmul(&m, acts, &mut part);
+            if let Some(s) = w.out_scale {
+                for t in 0..n {
+                    part.token(t).iter_mut().for_each(|v| *v *= s);
+                }
+            }
         }
     });
-    if let Some(s) = w.out_scale {
-        out.iter_mut().for_each(|v| *v *= s);
+}
+
+/// The per-token steps between the matrix products, split into blocks of whole tokens
+/// over the pool: a token's values come from the same code whichever thread takes its
+/// block. Neighbouring steps on the same tokens share one pass (one pool wake-up).
+struct TokenSteps<'a> {
+    pool: &'a Pool,
+    kernel: Kernel,
+    eps: f32,
+    /// Tokens in the batch, and per block.
+    n: usize,
+    block: usize,
+    /// Whether the blocks go to the pool. A single block (one token: decoding) runs on the
+    /// calling thread: it cannot be split, and waking the pool would only add latency.
+    split: bool,
+}
+
+impl<'a> TokenSteps<'a> {
+    fn new(pool: &'a Pool, kernel: Kernel, eps: f32, n: usize) -> Self {
+        let threads = pool.n_threads();
+        // Small blocks also keep a block's rows in cache from one fused step to the next.
+        let block = n.div_ceil(threads * BLOCKS_PER_THREAD);
+        TokenSteps {
+            pool,
+            kernel,
+            eps,
+            n,
+            block,
+            split: threads > 1 && block < n,
+        }
+    }
+
+    /// Calls `f` on every item of `blocks` (one per block of tokens, in token order; for
+    /// example zipped `chunks_mut` of `block` tokens), each thread taking the next item.
+    fn run<I: Iterator + Send>(&self, blocks: I, f: impl Fn(I::Item) + Sync) {
+        if !self.split {
+            return blocks.for_each(f);
+        }
+        let blocks = Mutex::new(blocks);
+        self.pool.run(&|_| {
+            loop {
+                let next = blocks.lock().unwrap_or_else(PoisonError::into_inner).next();
+                let Some(item) = next else { break };
+                f(item);
+            }
+        });
+    }
+
+    /// The tokens of block `i`, which holds `values` values of `width` per token.
+    fn tokens(&self, i: usize, values: usize, width: usize) -> Range<usize> {
+        let first = i * self.block;
+        first..first + values / width
+    }
+
+    /// The input of an attention or feed-forward block: `update(tokens, x)` brings the
+    /// residual stream `x` up to date (embeddings or the last residual), then
+    /// `xn` ← RMSNorm(x) · `w`, quantized into `acts`.
+    fn layer_input(
+        &self,
+        x: &mut [f32],
+        xn: &mut [f32],
+        w: &[f32],
+        acts: &mut QuantizedActs,
+        update: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let (d, len) = (w.len(), self.block * w.len());
+        let acts = acts.token_blocks_mut(d, self.n, self.block);
+        let blocks = x.chunks_mut(len).zip(xn.chunks_mut(len)).zip(acts);
+        self.run(blocks.enumerate(), |(i, ((x, xn), acts))| {
+            update(self.tokens(i, x.len(), d), x);
+            rms_norm(x, w, self.eps, xn);
+            self.kernel.quantize_block(xn, acts);
+        });
+    }
+
+    /// An output projection's input: `update(tokens, x)`, then the sub-norm in place if the
+    /// model has one, then `x` quantized into `acts`.
+    fn projection_input(
+        &self,
+        x: &mut [f32],
+        sub_norm: Option<&[f32]>,
+        acts: &mut QuantizedActs,
+        update: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let width = x.len() / self.n;
+        let len = self.block * width;
+        let acts = acts.token_blocks_mut(width, self.n, self.block);
+        self.run(x.chunks_mut(len).zip(acts).enumerate(), |(i, (x, acts))| {
+            update(self.tokens(i, x.len(), width), x);
+            if let Some(w) = sub_norm {
+                rms_norm_in_place(x, w, self.eps);
+            }
+            self.kernel.quantize_block(x, acts);
+        });
     }
 }
 
-/// RMSNorm of each row of `x` into `out` (ggml: sum of squares in double, scale in f32).
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
-    out.clear();
-    out.extend_from_slice(x);
+/// RMSNorm of each row of `x` into `out`, of the same length (ggml: sum of squares in
+/// double, scale in f32).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    out.copy_from_slice(x);
     rms_norm_in_place(out, w, eps);
 }
 
@@ -412,48 +528,90 @@ fn gated_activation(arch: Arch, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// cos/sin of every (position, pair) for NEOX RoPE, `[n][head_dim / 2]`. The angle is
-/// built by repeated multiplication like ggml's rope cache, not by `powf` per pair.
-fn rope_table(hp: &HParams, pos0: usize, n: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
-    let half = hp.head_dim / 2;
-    let theta_scale = hp.rope_base.powf(-2.0 / hp.head_dim as f32);
-    cos.clear();
-    sin.clear();
-    for p in pos0..pos0 + n {
-        let mut theta = p as f32 * hp.rope_freq_scale;
-        for _ in 0..half {
-            cos.push(theta.cos());
-            sin.push(theta.sin());
-            theta *= theta_scale;
-        }
-    }
+/// cos/sin of every (position, pair) of a batch for NEOX RoPE, `[token][head_dim / 2]`.
+#[derive(Default)]
+struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
-/// NEOX RoPE: rotates (x[i], x[i + head_dim/2]) of every head of every token.
-fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
-    let half = head_dim / 2;
-    let n = cos.len() / half;
-    let per_token = x.len() / n;
-    for (t, tok) in x.chunks_exact_mut(per_token).enumerate() {
-        let (c, s) = (
-            &cos[t * half..(t + 1) * half],
-            &sin[t * half..(t + 1) * half],
-        );
-        for head in tok.chunks_exact_mut(head_dim) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (x0, x1) = (a[i], b[i]);
-                a[i] = x0 * c[i] - x1 * s[i];
-                b[i] = x0 * s[i] + x1 * c[i];
+impl RopeTable {
+    /// The angles of positions `pos0..pos0 + n`, built by repeated multiplication like
+    /// ggml's rope cache, not by `powf` per pair.
+    fn fill(&mut self, hp: &HParams, pos0: usize, n: usize) {
+        self.half = hp.head_dim / 2;
+        let theta_scale = hp.rope_base.powf(-2.0 / hp.head_dim as f32);
+        self.cos.clear();
+        self.sin.clear();
+        for p in pos0..pos0 + n {
+            let mut theta = p as f32 * hp.rope_freq_scale;
+            for _ in 0..self.half {
+                self.cos.push(theta.cos());
+                self.sin.push(theta.sin());
+                theta *= theta_scale;
             }
         }
     }
+
+    /// Rotates one head of the batch's token `t` by NEOX RoPE (pairs (x[i], x[i + half]))
+    /// and rounds it to F16 into `out`.
+    fn rotate(&self, t: usize, x: &[f32], out: &mut [f16]) {
+        // Rotated in f32 a few pairs at a time, then rounded by the slice conversion (F16C
+        // or NEON; one `f16::from_f32` per value costs a call each).
+        const PAIRS: usize = 32;
+        let at = t * self.half..(t + 1) * self.half;
+        let (cos, sin) = (&self.cos[at.clone()], &self.sin[at]);
+        let (x0, x1) = x.split_at(self.half);
+        let (out0, out1) = out.split_at_mut(self.half);
+        let (mut r0, mut r1) = ([0f32; PAIRS], [0f32; PAIRS]);
+        for start in (0..self.half).step_by(PAIRS) {
+            let pairs = start..(start + PAIRS).min(self.half);
+            let m = pairs.len();
+            let (a, b) = (&x0[pairs.clone()], &x1[pairs.clone()]);
+            let (c, s) = (&cos[pairs.clone()], &sin[pairs.clone()]);
+            for i in 0..m {
+                r0[i] = a[i] * c[i] - b[i] * s[i];
+                r1[i] = a[i] * s[i] + b[i] * c[i];
+            }
+            out0[pairs.clone()].convert_from_f32_slice(&r0[..m]);
+            out1[pairs].convert_from_f32_slice(&r1[..m]);
+        }
+    }
 }
 
-fn store_f16(src: &[f32], dst: &mut [f16]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f16::from_f32(s);
-    }
+/// Writes the batch's keys, rotated, and values into one layer's cache as F16, split by
+/// KV head and block of tokens (the cache is head-major, so a block of tokens is one run
+/// of rows per head).
+fn store_kv(
+    steps: &TokenSteps,
+    hp: &HParams,
+    b: &Buffers,
+    k_layer: &mut [f16],
+    v_layer: &mut [f16],
+    n_ctx: usize,
+    n_past: usize,
+) {
+    let (hd, dkv) = (hp.head_dim, hp.n_embd_kv());
+    let (new, len) = (n_past * hd..(n_past + steps.n) * hd, steps.block * hd);
+    let heads = k_layer
+        .chunks_mut(n_ctx * hd)
+        .zip(v_layer.chunks_mut(n_ctx * hd));
+    let blocks = heads.enumerate().flat_map(|(h, (k, v))| {
+        let blocks = k[new.clone()]
+            .chunks_mut(len)
+            .zip(v[new.clone()].chunks_mut(len));
+        blocks.enumerate().map(move |(i, kv)| (h, i, kv))
+    });
+    steps.run(blocks, |(h, i, (k, v))| {
+        let tokens = steps.tokens(i, k.len(), hd);
+        let rows = k.chunks_exact_mut(hd).zip(v.chunks_exact_mut(hd));
+        for (t, (k, v)) in tokens.zip(rows) {
+            let src = t * dkv + h * hd..t * dkv + (h + 1) * hd;
+            b.rope.rotate(t, &b.k[src.clone()], k);
+            v.convert_from_f32_slice(&b.v[src]);
+        }
+    });
 }
 
 /// One layer's KV cache: per KV head, `n_ctx` rows of `head_dim` values, of which the
@@ -489,17 +647,40 @@ fn attention(pool: &Pool, kernel: Kernel, hp: &HParams, cache: &LayerCache, b: &
     let n = b.q.len() / d;
     b.attn.clear();
     b.attn.resize(n * d, 0.0);
-    scalar::round_to_f16(&b.q, &mut b.q16);
-    let (q16, threads) = (&b.q16, &b.threads);
+    let (threads, queries) = (
+        &b.threads,
+        Queries {
+            q: &b.q,
+            rope: &b.rope,
+            d,
+            hd,
+        },
+    );
     // The output's "rows" here are its columns: one block of head_dim per head.
     let heads = RowsOut::new(&mut b.attn, n, d, hd);
     pool.run(&|thread| {
         let s = &mut *scratch(threads, thread);
         while let Some(mut out) = heads.next_chunk() {
             let h = out.rows().start / hd;
-            attend_head(kernel, hp, h, q16, cache, &mut out, s);
+            attend_head(kernel, hp, h, &queries, cache, &mut out, s);
         }
     });
+}
+
+/// The batch's queries, `[token][n_embd]`, before RoPE.
+struct Queries<'a> {
+    q: &'a [f32],
+    rope: &'a RopeTable,
+    d: usize,
+    hd: usize,
+}
+
+impl Queries<'_> {
+    /// Head `h` of token `t`, rotated, into `out` as F16.
+    fn head(&self, t: usize, h: usize, out: &mut [f16]) {
+        let at = t * self.d + h * self.hd;
+        self.rope.rotate(t, &self.q[at..at + self.hd], out);
+    }
 }
 
 /// Attention of head `h` for every token of the batch, into `out` (that head's columns).
@@ -507,12 +688,12 @@ fn attend_head(
     kernel: Kernel,
     hp: &HParams,
     h: usize,
-    q16: &[f16],
+    queries: &Queries,
     cache: &LayerCache,
     out: &mut OutRows,
     s: &mut ThreadScratch,
 ) {
-    let (hd, d) = (hp.head_dim, hp.n_embd);
+    let hd = hp.head_dim;
     let (keys, values) = cache.head(h / (hp.n_head / hp.n_head_kv), hd);
     let n = out.n_tokens();
     let n_past = cache.len - n;
@@ -522,10 +703,9 @@ fn attend_head(
         // Scores of every query of the block against every key the last one sees; the
         // earlier queries use a prefix of their row (the causal mask).
         let visible = n_past + t1;
-        s.q_head.clear();
-        for t in t0..t1 {
-            s.q_head
-                .extend_from_slice(&q16[t * d + h * hd..t * d + (h + 1) * hd]);
+        s.q_head.resize((t1 - t0) * hd, f16::ZERO);
+        for (t, q_head) in (t0..t1).zip(s.q_head.chunks_exact_mut(hd)) {
+            queries.head(t, h, q_head);
         }
         s.scores.resize((t1 - t0) * visible, 0.0);
         let mut scores = OutRows::all(&mut s.scores, t1 - t0, visible);

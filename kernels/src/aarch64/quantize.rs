@@ -6,21 +6,16 @@
 
 use std::arch::aarch64::*;
 
-use crate::QuantizedActs;
+use crate::ActsBlock;
 use crate::scalar::quantize_row_i8;
 
 /// Bits of +infinity: every |x| above it is a NaN.
 const INF_BITS: u32 = 0x7f80_0000;
 
-/// [`crate::scalar::quantize_acts`] with NEON (present on every aarch64 CPU).
-pub fn quantize_acts_neon(x: &[f32], k: usize, acts: &mut QuantizedActs) {
-    acts.reset(k, x.len() / k);
-    for (t, row) in x.chunks_exact(k).enumerate() {
-        // SAFETY: NEON is part of every aarch64 target.
-        let (scale, sum) = unsafe { quantize_row(row, &mut acts.q[t * k..(t + 1) * k]) };
-        acts.scales[t] = scale;
-        acts.sums[t] = sum;
-    }
+/// [`crate::scalar::quantize_block`] with NEON (present on every aarch64 CPU).
+pub fn quantize_acts_neon(x: &[f32], out: ActsBlock) {
+    // SAFETY: NEON is part of every aarch64 target.
+    out.fill(x, |x, q| unsafe { quantize_row(x, q) });
 }
 
 /// One token: returns its scale and the sum of its int8 values.

@@ -4,19 +4,14 @@
 
 use std::arch::x86_64::*;
 
-use crate::QuantizedActs;
+use crate::ActsBlock;
 
-/// [`crate::scalar::quantize_acts`] with AVX2. Call only when
+/// [`crate::scalar::quantize_block`] with AVX2. Call only when
 /// [`super::i2s_avx2_available`] is true.
-pub fn quantize_acts_avx2(x: &[f32], k: usize, acts: &mut QuantizedActs) {
+pub fn quantize_acts_avx2(x: &[f32], out: ActsBlock) {
     assert!(super::i2s_avx2_available(), "AVX2 required");
-    acts.reset(k, x.len() / k);
-    for (t, row) in x.chunks_exact(k).enumerate() {
-        // SAFETY: AVX2 is present (asserted above).
-        let (scale, sum) = unsafe { quantize_row(row, &mut acts.q[t * k..(t + 1) * k]) };
-        acts.scales[t] = scale;
-        acts.sums[t] = sum;
-    }
+    // SAFETY: AVX2 is present (asserted above).
+    out.fill(x, |x, q| unsafe { quantize_row(x, q) });
 }
 
 /// One token: returns its scale and the sum of its int8 values.

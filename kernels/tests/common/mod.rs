@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use bitnet_kernels::layout::encode_i2s;
 use bitnet_kernels::scalar::{self, LaneSum, i2s_matmul};
-use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
+use bitnet_kernels::{ActsBlock, I2sMatrix, OutRows, QuantizedActs};
 use half::f16;
 
 /// SplitMix64: tiny and deterministic, so a failing case reproduces.
@@ -241,18 +241,21 @@ pub fn f16_row_subrange_and_specials(kernel: F16Kernel) {
     check_f16(kernel, &zeros, cols, &vec![-0.0; cols], 0..3);
 }
 
-/// An activation quantizer under test, with the `scalar::quantize_acts` contract.
-pub type QuantizeKernel = fn(&[f32], usize, &mut QuantizedActs);
+/// An activation quantizer under test, with the `scalar::quantize_block` contract.
+pub type QuantizeKernel = fn(&[f32], ActsBlock);
 
-/// Quantizes with `kernel` and the scalar reference and compares values, scales and sums
-/// exactly.
+/// Quantizes with `kernel`, in blocks of two tokens, and with the scalar reference, all
+/// tokens at once, and compares values, scales and sums exactly.
 pub fn check_quantize(kernel: QuantizeKernel, x: &[f32], k: usize) {
     let mut want = QuantizedActs::new();
     scalar::quantize_acts(x, k, &mut want);
     // A used buffer of another shape must be fully overwritten.
     let mut got = QuantizedActs::new();
     scalar::quantize_acts(&vec![3.0; 2 * 7000], 7000, &mut got);
-    kernel(x, k, &mut got);
+    let blocks = got.token_blocks_mut(k, x.len() / k, 2);
+    for (x, block) in x.chunks(2 * k).zip(blocks) {
+        kernel(x, block);
+    }
     assert_eq!((got.k(), got.n_tokens()), (want.k(), want.n_tokens()));
     for t in 0..want.n_tokens() {
         let ((gq, gs, gsum), (wq, ws, wsum)) = (got.token(t), want.token(t));
