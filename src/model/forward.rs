@@ -226,9 +226,12 @@ impl Model {
                     }
                 },
             );
-            bitlinear(pool, kernel, &layer.wq, file, &b.acts, &mut b.q);
-            bitlinear(pool, kernel, &layer.wk, file, &b.acts, &mut b.k);
-            bitlinear(pool, kernel, &layer.wv, file, &b.acts, &mut b.v);
+            let qkv = [
+                (&layer.wq, &mut b.q),
+                (&layer.wk, &mut b.k),
+                (&layer.wv, &mut b.v),
+            ];
+            bitlinear(pool, kernel, qkv, file, &b.acts);
             let layer_cache = l * s.n_ctx * dkv;
             let layer_end = layer_cache + s.n_ctx * dkv;
             let (k_layer, v_layer) = (
@@ -245,20 +248,20 @@ impl Model {
             attention(pool, kernel, hp, &cache, b);
             let sub_norm = layer.attn_sub_norm.as_deref();
             steps.projection_input(&mut b.attn, sub_norm, &mut b.acts, |_, _| {});
-            bitlinear(pool, kernel, &layer.wo, file, &b.acts, &mut b.proj);
+            bitlinear(pool, kernel, [(&layer.wo, &mut b.proj)], file, &b.acts);
 
             // Feed-forward block.
             let proj = &b.proj;
             steps.layer_input(&mut b.x, &mut b.xn, &layer.ffn_norm, &mut b.acts, |t, x| {
                 add(x, &proj[t.start * d..t.end * d]);
             });
-            bitlinear(pool, kernel, &layer.gate, file, &b.acts, &mut b.gate);
-            bitlinear(pool, kernel, &layer.up, file, &b.acts, &mut b.up);
+            let gate_up = [(&layer.gate, &mut b.gate), (&layer.up, &mut b.up)];
+            bitlinear(pool, kernel, gate_up, file, &b.acts);
             let (up, sub_norm) = (&b.up, layer.ffn_sub_norm.as_deref());
             steps.projection_input(&mut b.gate, sub_norm, &mut b.acts, |t, gate| {
                 gated_activation(hp.arch, gate, &up[t.start * ff..t.end * ff]);
             });
-            bitlinear(pool, kernel, &layer.down, file, &b.acts, &mut b.proj);
+            bitlinear(pool, kernel, [(&layer.down, &mut b.proj)], file, &b.acts);
         }
 
         // The last layer's output, normed, for the tokens whose logits are wanted (only they
@@ -372,25 +375,30 @@ impl Model {
     }
 }
 
-/// A BitLinear layer: ternary weights times per-token int8 activations, split by rows.
-fn bitlinear(
+/// BitLinear layers on the same input: ternary weights times per-token int8
+/// activations, each split by rows. One pool job covers them all, so a thread that ends
+/// its share of one matrix goes on with the next instead of waiting for the others.
+fn bitlinear<const N: usize>(
     pool: &Pool,
     kernel: Kernel,
-    w: &Ternary,
+    layers: [(&Ternary, &mut Vec<f32>); N],
     file: &[u8],
     acts: &QuantizedActs,
-    out: &mut Vec<f32>,
 ) {
     let n = acts.n_tokens();
-    out.resize(n * w.rows, 0.0);
-    let m = w.packed(file);
-    let parts = RowsOut::new(out, n, w.rows, row_block(pool, w.rows));
+    let jobs = layers.map(|(w, out)| {
+        out.resize(n * w.rows, 0.0);
+        let parts = RowsOut::new(out, n, w.rows, row_block(pool, w.rows));
+        (w, w.packed(file), parts)
+    });
     pool.run(&|_| {
-        while let Some(mut part) = parts.next_chunk() {
-            kernel.matmul(&m, acts, &mut part);
-            if let Some(s) = w.out_scale {
-                for t in 0..n {
-                    part.token(t).iter_mut().for_each(|v| *v *= s);
+        for (w, m, parts) in &jobs {
+            while let Some(mut part) = parts.next_chunk() {
+                kernel.matmul(m, acts, &mut part);
+                if let Some(s) = w.out_scale {
+                    for t in 0..n {
+                        part.token(t).iter_mut().for_each(|v| *v *= s);
+                    }
                 }
             }
         }
