@@ -178,8 +178,9 @@ fn tile_8(codes: &[u8], q: &[i8], stride: usize) -> [i32; 8] {
     let low_bits = [0x55u8; 32];
     widened_sums(codes, |span, s: &mut [__m256i; 8]| {
         // SAFETY: the blocks of `span` (never empty) lie inside `codes`: their 32 code
-        // bytes each, and each token's 128 values of them (asserted), are in bounds, as are the 32 bytes of `low_bits`. The loop only reads memory and
-        // writes the registers declared here.
+        // bytes each, and each token's 128 values of them (asserted), are in bounds, as
+        // are the 32 bytes of `low_bits`. The loop only reads memory and writes the
+        // registers declared here.
         unsafe {
             asm!(
                 "2:",
