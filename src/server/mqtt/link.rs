@@ -2,11 +2,14 @@
 //! this module hides the difference behind a small API: publish, subscribe, ack, disconnect,
 //! and a poll that yields what the transport cares about.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5;
 use rumqttc::v5::mqttbytes::v5::{LastWill as LastWill5, PublishProperties};
+use tokio::sync::Notify;
 
 /// Everything needed to open the connection, read and checked at boot.
 #[derive(Clone)]
@@ -48,15 +51,60 @@ const CHANNEL_CAPACITY: usize = 64;
 
 /// The handle for publishing; cheap to clone.
 #[derive(Clone)]
-pub enum Client {
+pub struct Client {
+    protocol: ClientOf,
+    unacked: Arc<Unacked>,
+}
+
+#[derive(Clone)]
+enum ClientOf {
     V5(v5::AsyncClient, v5::mqttbytes::QoS),
     V4(rumqttc::AsyncClient, rumqttc::QoS),
 }
 
 /// The connection itself, driven by [`EventLoop::poll`].
-pub enum EventLoop {
+pub struct EventLoop {
+    protocol: EventLoopOf,
+    unacked: Arc<Unacked>,
+}
+
+enum EventLoopOf {
     V5(Box<v5::EventLoop>),
     V4(Box<rumqttc::EventLoop>),
+}
+
+/// Publishes at QoS 1 or 2 that the broker has not acknowledged yet. A client that closes
+/// its socket before they are acknowledged makes the broker's acks fail: mosquitto then
+/// drops the connection as broken (logging "out of memory"), loses the publishes it had
+/// not read yet, such as a request's final event, and sends the last will.
+#[derive(Default)]
+struct Unacked {
+    count: AtomicI64,
+    none_left: Notify,
+}
+
+impl Unacked {
+    fn sent(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn acked(&self) {
+        // An ack can overtake the count of its own publish: the count may dip below zero.
+        if self.count.fetch_sub(1, Ordering::SeqCst) <= 1 {
+            self.none_left.notify_waiters();
+        }
+    }
+
+    async fn settled(&self) {
+        loop {
+            // Created before the check, so that an ack in between still wakes it.
+            let woken = self.none_left.notified();
+            if self.count.load(Ordering::SeqCst) <= 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 /// The connection's event loop is gone: nothing can be sent any more.
@@ -121,9 +169,9 @@ pub fn new(s: &Settings) -> (Client, EventLoop) {
             o.set_credentials(user, password);
         }
         let (client, eventloop) = v5::AsyncClient::new(o, CHANNEL_CAPACITY);
-        (
-            Client::V5(client, qos5(s.qos)),
-            EventLoop::V5(Box::new(eventloop)),
+        pair(
+            ClientOf::V5(client, qos5(s.qos)),
+            EventLoopOf::V5(Box::new(eventloop)),
         )
     } else {
         let mut o = rumqttc::MqttOptions::new(&s.client_id, &s.host, s.port);
@@ -142,11 +190,25 @@ pub fn new(s: &Settings) -> (Client, EventLoop) {
             o.set_credentials(user, password);
         }
         let (client, eventloop) = rumqttc::AsyncClient::new(o, CHANNEL_CAPACITY);
-        (
-            Client::V4(client, qos4(s.qos)),
-            EventLoop::V4(Box::new(eventloop)),
+        pair(
+            ClientOf::V4(client, qos4(s.qos)),
+            EventLoopOf::V4(Box::new(eventloop)),
         )
     }
+}
+
+fn pair(client: ClientOf, eventloop: EventLoopOf) -> (Client, EventLoop) {
+    let unacked = Arc::new(Unacked::default());
+    (
+        Client {
+            protocol: client,
+            unacked: unacked.clone(),
+        },
+        EventLoop {
+            protocol: eventloop,
+            unacked,
+        },
+    )
 }
 
 fn qos5(q: u8) -> v5::mqttbytes::QoS {
@@ -175,28 +237,35 @@ impl Client {
         retain: bool,
         correlation_data: Option<Bytes>,
     ) -> Result<(), Gone> {
-        match self {
-            Client::V5(c, qos) => {
+        let acknowledged = match &self.protocol {
+            ClientOf::V5(c, qos) => {
                 let properties = PublishProperties {
                     correlation_data,
                     ..PublishProperties::default()
                 };
                 c.publish_with_properties(topic, *qos, retain, payload, properties)
                     .await
-                    .map_err(|_| Gone)
+                    .map_err(|_| Gone)?;
+                *qos != v5::mqttbytes::QoS::AtMostOnce
             }
-            Client::V4(c, qos) => c
-                .publish(topic, *qos, retain, payload)
-                .await
-                .map_err(|_| Gone),
+            ClientOf::V4(c, qos) => {
+                c.publish(topic, *qos, retain, payload)
+                    .await
+                    .map_err(|_| Gone)?;
+                *qos != rumqttc::QoS::AtMostOnce
+            }
+        };
+        if acknowledged {
+            self.unacked.sent();
         }
+        Ok(())
     }
 
     pub async fn subscribe(&self, filters: &[String]) -> Result<(), Gone> {
         for filter in filters {
-            match self {
-                Client::V5(c, qos) => c.subscribe(filter, *qos).await.map_err(|_| Gone)?,
-                Client::V4(c, qos) => c.subscribe(filter, *qos).await.map_err(|_| Gone)?,
+            match &self.protocol {
+                ClientOf::V5(c, qos) => c.subscribe(filter, *qos).await.map_err(|_| Gone)?,
+                ClientOf::V4(c, qos) => c.subscribe(filter, *qos).await.map_err(|_| Gone)?,
             }
         }
         Ok(())
@@ -204,17 +273,22 @@ impl Client {
 
     /// Acknowledges a handled message: until then the broker would deliver it again.
     pub async fn ack(&self, message: &Message) -> Result<(), Gone> {
-        match (self, &message.packet) {
-            (Client::V5(c, _), Packet::V5(p)) => c.ack(p).await.map_err(|_| Gone),
-            (Client::V4(c, _), Packet::V4(p)) => c.ack(p).await.map_err(|_| Gone),
+        match (&self.protocol, &message.packet) {
+            (ClientOf::V5(c, _), Packet::V5(p)) => c.ack(p).await.map_err(|_| Gone),
+            (ClientOf::V4(c, _), Packet::V4(p)) => c.ack(p).await.map_err(|_| Gone),
             _ => unreachable!("a message is acked on the connection it came from"),
         }
     }
 
+    /// Waits until the broker has acknowledged every publish queued so far.
+    pub async fn all_acked(&self) {
+        self.unacked.settled().await;
+    }
+
     pub async fn disconnect(&self) -> Result<(), Gone> {
-        match self {
-            Client::V5(c, _) => c.disconnect().await.map_err(|_| Gone),
-            Client::V4(c, _) => c.disconnect().await.map_err(|_| Gone),
+        match &self.protocol {
+            ClientOf::V5(c, _) => c.disconnect().await.map_err(|_| Gone),
+            ClientOf::V4(c, _) => c.disconnect().await.map_err(|_| Gone),
         }
     }
 }
@@ -222,12 +296,12 @@ impl Client {
 impl EventLoop {
     /// The next event; an error means the connection is down (the next poll reconnects).
     pub async fn poll(&mut self) -> Result<Notice, String> {
-        match self {
-            EventLoop::V5(l) => {
+        Ok(match &mut self.protocol {
+            EventLoopOf::V5(l) => {
                 use rumqttc::Outgoing;
                 use v5::Event;
                 use v5::mqttbytes::v5::Packet as P;
-                Ok(match l.poll().await.map_err(|e| e.to_string())? {
+                match l.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(P::ConnAck(c)) => Notice::Connected {
                         session_present: c.session_present,
                     },
@@ -244,12 +318,16 @@ impl EventLoop {
                         }))
                     }
                     Event::Outgoing(Outgoing::Disconnect) => Notice::Disconnected,
+                    Event::Incoming(P::PubAck(_) | P::PubComp(_)) => {
+                        self.unacked.acked();
+                        Notice::Other
+                    }
                     _ => Notice::Other,
-                })
+                }
             }
-            EventLoop::V4(l) => {
+            EventLoopOf::V4(l) => {
                 use rumqttc::{Event, Outgoing, Packet as P};
-                Ok(match l.poll().await.map_err(|e| e.to_string())? {
+                match l.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(P::ConnAck(c)) => Notice::Connected {
                         session_present: c.session_present,
                     },
@@ -263,9 +341,13 @@ impl EventLoop {
                         packet: Packet::V4(p),
                     })),
                     Event::Outgoing(Outgoing::Disconnect) => Notice::Disconnected,
+                    Event::Incoming(P::PubAck(_) | P::PubComp(_)) => {
+                        self.unacked.acked();
+                        Notice::Other
+                    }
                     _ => Notice::Other,
-                })
+                }
             }
-        }
+        })
     }
 }

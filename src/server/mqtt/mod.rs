@@ -128,7 +128,8 @@ impl Mqtt {
     }
 
     /// After the shutdown signal: publishes the offline status, lets every request send
-    /// its final (cancelled) event, then disconnects cleanly. The caller bounds the time.
+    /// its final (cancelled) event, waits for the broker's acks, then disconnects cleanly.
+    /// The caller bounds the time.
     pub async fn shutdown(mut self) {
         let _ = self.dispatcher.await;
         if let Some(t) = &self.ticker {
@@ -145,6 +146,7 @@ impl Mqtt {
             .publish(&self.shared.status_topic, offline, true, None)
             .await;
         let _ = self.forwarders_done.recv().await;
+        self.client.all_acked().await;
         let _ = self.client.disconnect().await;
         let _ = self.poller.await;
         log::info!("mqtt: offline published, disconnected");
