@@ -181,11 +181,11 @@ impl Kernel {
     pub fn quantize_block(self, x: &[f32], out: ActsBlock) {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::i2s_avx2_available() {
-            return crate::x86_64::quantize_acts_avx2(x, out);
+            return crate::x86_64::quantize_block_avx2(x, out);
         }
         #[cfg(target_arch = "aarch64")]
         if self != Kernel::Scalar {
-            return crate::aarch64::quantize_acts_neon(x, out);
+            return crate::aarch64::quantize_block_neon(x, out);
         }
         scalar::quantize_block(x, out)
     }

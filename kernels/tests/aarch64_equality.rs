@@ -5,7 +5,7 @@
 mod common;
 
 use bitnet_kernels::aarch64::{
-    f16_matmul_neon, i2s_matmul_dotprod, quantize_acts_neon, tl1_matmul_neon, widen_f16_neon,
+    f16_matmul_neon, i2s_matmul_dotprod, quantize_block_neon, tl1_matmul_neon, widen_f16_neon,
 };
 use bitnet_kernels::tl1::tl1_pack;
 use common::check_all;
@@ -39,12 +39,12 @@ fn f16_neon_row_subrange_and_specials() {
 
 #[test]
 fn quantize_neon_random_lengths() {
-    common::quantize_random_lengths(quantize_acts_neon);
+    common::quantize_random_lengths(quantize_block_neon);
 }
 
 #[test]
 fn quantize_neon_ties_zeros_and_specials() {
-    common::quantize_ties_zeros_and_specials(quantize_acts_neon);
+    common::quantize_ties_zeros_and_specials(quantize_block_neon);
 }
 
 #[test]

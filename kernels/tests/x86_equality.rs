@@ -11,7 +11,7 @@ use bitnet_kernels::q8::Q8Matrix;
 use bitnet_kernels::scalar;
 use bitnet_kernels::x86_64::{
     f16_avx2_available, f16_matmul_avx2, i2s_avx2_available, i2s_avx512_available, i2s_matmul_avx2,
-    i2s_matmul_avx512, q8_matmul_avx2, quantize_acts_avx2,
+    i2s_matmul_avx512, q8_matmul_avx2, quantize_block_avx2,
 };
 use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
 use common::{Rng, Weights, assert_same_bits, weights};
@@ -197,15 +197,15 @@ fn f16_row_subrange_and_specials() {
 
 #[test]
 fn quantize_random_lengths() {
-    if runs("quantize_acts_avx2", i2s_avx2_available()) {
-        common::quantize_random_lengths(quantize_acts_avx2);
+    if runs("quantize_block_avx2", i2s_avx2_available()) {
+        common::quantize_random_lengths(quantize_block_avx2);
     }
 }
 
 #[test]
 fn quantize_ties_zeros_and_specials() {
-    if runs("quantize_acts_avx2", i2s_avx2_available()) {
-        common::quantize_ties_zeros_and_specials(quantize_acts_avx2);
+    if runs("quantize_block_avx2", i2s_avx2_available()) {
+        common::quantize_ties_zeros_and_specials(quantize_block_avx2);
     }
 }
 

@@ -13,7 +13,7 @@
 //!
 //! - [`f16_matmul_neon`]: the F16 output projection, the scalar's summation order.
 //! - [`widen_f16_neon`]: f16 to f32 (the attention's values).
-//! - [`quantize_acts_neon`]: per-token int8 activation quantization.
+//! - [`quantize_block_neon`]: per-token int8 activation quantization.
 
 mod dotprod;
 mod f16;
@@ -22,5 +22,5 @@ mod tl1;
 
 pub use dotprod::i2s_matmul_dotprod;
 pub use f16::{f16_matmul_neon, widen_f16_neon};
-pub use quantize::quantize_acts_neon;
+pub use quantize::quantize_block_neon;
 pub use tl1::tl1_matmul_neon;

@@ -13,7 +13,7 @@ use crate::scalar::quantize_row_i8;
 const INF_BITS: u32 = 0x7f80_0000;
 
 /// [`crate::scalar::quantize_block`] with NEON (present on every aarch64 CPU).
-pub fn quantize_acts_neon(x: &[f32], out: ActsBlock) {
+pub fn quantize_block_neon(x: &[f32], out: ActsBlock) {
     // SAFETY: NEON is part of every aarch64 target.
     out.fill(x, |x, q| unsafe { quantize_row(x, q) });
 }

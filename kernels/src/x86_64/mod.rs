@@ -16,7 +16,7 @@ pub use f16_avx2::f16_matmul_avx2;
 pub use i2s_avx2::i2s_matmul_avx2;
 pub use i2s_avx512::i2s_matmul_avx512;
 pub use q8_avx2::q8_matmul_avx2;
-pub use quantize_avx2::quantize_acts_avx2;
+pub use quantize_avx2::quantize_block_avx2;
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -24,7 +24,7 @@ use std::ops::Range;
 use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
-/// Whether [`i2s_matmul_avx2`], [`q8_matmul_avx2`] and [`quantize_acts_avx2`] may run
+/// Whether [`i2s_matmul_avx2`], [`q8_matmul_avx2`] and [`quantize_block_avx2`] may run
 /// on this CPU.
 pub fn i2s_avx2_available() -> bool {
     is_x86_feature_detected!("avx2")

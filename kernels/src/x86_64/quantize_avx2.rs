@@ -8,7 +8,7 @@ use crate::ActsBlock;
 
 /// [`crate::scalar::quantize_block`] with AVX2. Call only when
 /// [`super::i2s_avx2_available`] is true.
-pub fn quantize_acts_avx2(x: &[f32], out: ActsBlock) {
+pub fn quantize_block_avx2(x: &[f32], out: ActsBlock) {
     assert!(super::i2s_avx2_available(), "AVX2 required");
     // SAFETY: AVX2 is present (asserted above).
     out.fill(x, |x, q| unsafe { quantize_row(x, q) });
