@@ -1,7 +1,9 @@
 //! Prompt-processing and generation speed, measured like llama-bench (what bitnet.cpp's
 //! e2e_benchmark.py runs): `pp<P>` evaluates P random tokens in one batch from an empty
 //! cache, `tg<N>` decodes N tokens one at a time from an empty cache; each test runs once
-//! to warm up, then `reps` times, and reports tokens/s as mean ± sd.
+//! to warm up, then `reps` times, and reports tokens/s as mean ± sd. Beside each tg
+//! repetition it measures the memory read bandwidth, decode's bound, under the same
+//! conditions (on a shared machine the bandwidth drifts within a minute).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -33,6 +35,9 @@ pub struct TestResult {
     pub avg_ts: f64,
     pub stddev_ts: f64,
     pub samples_ts: Vec<f64>,
+    /// tg: the memory read bandwidth measured right after each repetition, GiB/s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory_read_gib_s: Vec<f64>,
 }
 
 impl TestResult {
@@ -45,6 +50,7 @@ impl TestResult {
             avg_ts,
             stddev_ts,
             samples_ts,
+            memory_read_gib_s: Vec::new(),
         }
     }
 }
@@ -77,28 +83,41 @@ pub fn prompt_speed(model: &Model, n_prompt: usize, reps: usize) -> Result<Vec<f
     Ok(samples)
 }
 
-/// Runs the tg test: tokens/s of each repetition.
-pub fn generation_speed(model: &Model, n_gen: usize, reps: usize) -> Result<Vec<f64>, ModelError> {
+/// Runs the tg test: tokens/s of each repetition, and what `beside` returned right after
+/// each.
+pub fn generation_speed(
+    model: &Model,
+    n_gen: usize,
+    reps: usize,
+    mut beside: impl FnMut() -> f64,
+) -> Result<(Vec<f64>, Vec<f64>), ModelError> {
     let tokens = random_tokens(model, n_gen);
     let mut s = model.session(n_gen);
     let mut samples = Vec::with_capacity(reps);
-    for rep in 0..=reps {
+    let mut measured = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        // Every repetition starts warm with one untimed token, like llama-bench's warm-up
+        // run: `beside` may have left the caches cold.
         s.truncate(0);
-        // The warm-up decodes a single token, like llama-bench's.
-        let steps = if rep == 0 { &tokens[..1] } else { &tokens[..] };
+        model.forward(&mut s, &tokens[..1], Logits::Last)?;
+        s.truncate(0);
         let start = Instant::now();
-        for &t in steps {
+        for &t in &tokens {
             model.forward(&mut s, &[t], Logits::Last)?;
         }
-        if rep > 0 {
-            samples.push(n_gen as f64 / start.elapsed().as_secs_f64());
-        }
+        samples.push(n_gen as f64 / start.elapsed().as_secs_f64());
+        measured.push(beside());
     }
-    Ok(samples)
+    Ok((samples, measured))
 }
 
-/// Runs the configured tests.
-pub fn run(model: &Model, cfg: &BenchConfig) -> Result<Vec<TestResult>, ModelError> {
+/// Runs the configured tests; `memory_read_gib_s` measures the bandwidth beside each tg
+/// repetition.
+pub fn run(
+    model: &Model,
+    cfg: &BenchConfig,
+    memory_read_gib_s: impl FnMut() -> f64,
+) -> Result<Vec<TestResult>, ModelError> {
     let mut results = Vec::new();
     if cfg.n_prompt > 0 {
         let samples = prompt_speed(model, cfg.n_prompt, cfg.reps)?;
@@ -110,13 +129,12 @@ pub fn run(model: &Model, cfg: &BenchConfig) -> Result<Vec<TestResult>, ModelErr
         ));
     }
     if cfg.n_gen > 0 {
-        let samples = generation_speed(model, cfg.n_gen, cfg.reps)?;
-        results.push(TestResult::new(
-            format!("tg{}", cfg.n_gen),
-            0,
-            cfg.n_gen,
-            samples,
-        ));
+        let (samples, bandwidths) =
+            generation_speed(model, cfg.n_gen, cfg.reps, memory_read_gib_s)?;
+        results.push(TestResult {
+            memory_read_gib_s: bandwidths,
+            ..TestResult::new(format!("tg{}", cfg.n_gen), 0, cfg.n_gen, samples)
+        });
     }
     Ok(results)
 }
@@ -145,21 +163,34 @@ pub fn n_params(model: &Model) -> u64 {
     model.gguf.tensors().iter().map(|t| t.n_elements()).sum()
 }
 
-/// Memory read bandwidth in bytes/s: the best of `tries` reads of a `bytes`-byte buffer,
-/// split evenly over the pool's threads. The buffer is far larger than any cache.
-pub fn memory_read_bandwidth(pool: &Pool, bytes: usize, tries: usize) -> f64 {
-    let words = vec![1u64; bytes / 8];
-    let per_thread = words.len().div_ceil(pool.n_threads()).max(1);
-    let mut best = 0f64;
-    for _ in 0..tries {
-        let start = Instant::now();
-        pool.run(&|thread| {
-            let part = words.chunks(per_thread).nth(thread).unwrap_or(&[]);
-            black_box(sum_words(part));
-        });
-        best = best.max((words.len() * 8) as f64 / start.elapsed().as_secs_f64());
+/// Measures the memory read bandwidth by reading a buffer far larger than any cache,
+/// split evenly over a pool's threads. It keeps the buffer, so that later measurements
+/// time reads, not page faults.
+pub struct BandwidthProbe {
+    words: Vec<u64>,
+}
+
+impl BandwidthProbe {
+    pub fn new(bytes: usize) -> Self {
+        BandwidthProbe {
+            words: vec![1u64; bytes / 8],
+        }
     }
-    best
+
+    /// Bytes/s: the best of `tries` reads of the buffer.
+    pub fn measure(&self, pool: &Pool, tries: usize) -> f64 {
+        let per_thread = self.words.len().div_ceil(pool.n_threads()).max(1);
+        let mut best = 0f64;
+        for _ in 0..tries {
+            let start = Instant::now();
+            pool.run(&|thread| {
+                let part = self.words.chunks(per_thread).nth(thread).unwrap_or(&[]);
+                black_box(sum_words(part));
+            });
+            best = best.max((self.words.len() * 8) as f64 / start.elapsed().as_secs_f64());
+        }
+        best
+    }
 }
 
 /// A sum with eight independent lanes, so that the loop is bound by loads, not adds.
@@ -196,7 +227,7 @@ mod tests {
     fn bandwidth_is_positive_on_any_thread_count() {
         for threads in [1, 3] {
             let pool = Pool::new(threads, None).unwrap();
-            assert!(memory_read_bandwidth(&pool, 1 << 20, 2) > 0.0);
+            assert!(BandwidthProbe::new(1 << 20).measure(&pool, 2) > 0.0);
         }
     }
 }

@@ -42,6 +42,11 @@ fn json_report_has_both_tests_and_the_bandwidths() {
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
     }
+    // The bandwidth beside each decode repetition; none for the prompt test.
+    assert!(results[0].get("memory_read_gib_s").is_none());
+    let beside = results[1]["memory_read_gib_s"].as_array().unwrap();
+    assert_eq!(beside.len(), 2);
+    assert!(beside.iter().all(|b| b.as_f64().unwrap() > 0.0));
 }
 
 #[test]
@@ -58,4 +63,5 @@ fn markdown_table_has_llama_bench_columns() {
     assert!(rows[0].contains("| 27.00 MiB |") && rows[0].contains("| pp8 |"));
     assert!(rows[1].contains("| tg3 |") && rows[1].contains(" ± "));
     assert!(text.contains("tg3: ") && text.contains("memory read bandwidth: "));
+    assert!(text.contains("bandwidth measured after each repetition"));
 }

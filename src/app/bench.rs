@@ -1,6 +1,7 @@
 //! `bitnetd bench`: llama-bench's pp/tg table for a model (what bitnet.cpp's
 //! e2e_benchmark.py prints), plus the weight bandwidth that decoding achieves next to the
-//! machine's measured memory read bandwidth, the bound of decode speed.
+//! machine's memory read bandwidth, the bound of decode speed, measured after each
+//! repetition.
 
 use std::path::PathBuf;
 
@@ -47,7 +48,7 @@ struct Report {
     n_threads: usize,
     /// Weight bytes read per decoded token.
     bytes_per_token: u64,
-    /// Memory read bandwidth with the same threads (best of a few reads).
+    /// Memory read bandwidth with the same threads before the tests (best of a few reads).
     memory_read_gib_s: f64,
     results: Vec<TestResult>,
 }
@@ -56,7 +57,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let pool = args.compute.pool()?;
-    let memory_read = bench::memory_read_bandwidth(&pool, BANDWIDTH_BYTES, BANDWIDTH_TRIES);
+    let probe = bench::BandwidthProbe::new(BANDWIDTH_BYTES);
+    let memory_read = probe.measure(&pool, BANDWIDTH_TRIES);
     model.set_pool(pool);
     model.set_kernel(common::select_kernel(&args.compute.kernel)?);
     model.set_head(args.compute.head)?;
@@ -65,7 +67,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         n_gen: args.n_gen,
         reps: args.reps as usize,
     };
-    let results = bench::run(&model, &cfg)?;
+    let results = bench::run(&model, &cfg, || {
+        probe.measure(model.pool(), BANDWIDTH_TRIES) / GIB
+    })?;
     let report = Report {
         model: describe(&model),
         model_size: model.gguf.file_len(),
@@ -136,15 +140,22 @@ fn markdown(r: &Report) -> String {
     let per_token = r.bytes_per_token as f64;
     for t in r.results.iter().filter(|t| t.n_gen > 0) {
         let achieved = t.avg_ts * per_token / GIB;
+        // Each repetition against the bandwidth measured right after it.
+        let shares: Vec<f64> = (t.samples_ts.iter().zip(&t.memory_read_gib_s))
+            .map(|(ts, bandwidth)| ts * per_token / GIB / bandwidth)
+            .collect();
         out += &format!(
-            "{}: {achieved:.2} GiB/s of weights ({:.1} MiB per token), {:.0}% of the memory read bandwidth\n",
+            "{}: {achieved:.2} GiB/s of weights ({:.1} MiB per token), {:.0}% of the memory read \
+             bandwidth measured after each repetition ({:.2} GiB/s on average)\n",
             t.test,
             per_token / (1u64 << 20) as f64,
-            100.0 * achieved / r.memory_read_gib_s
+            100.0 * bench::mean_sd(&shares).0,
+            bench::mean_sd(&t.memory_read_gib_s).0,
         );
     }
     out += &format!(
-        "memory read bandwidth: {:.2} GiB/s ({} threads, {} MiB, best of {BANDWIDTH_TRIES})\n",
+        "memory read bandwidth: {:.2} GiB/s before the tests ({} threads, {} MiB, best of \
+         {BANDWIDTH_TRIES} reads, as after each tg repetition)\n",
         r.memory_read_gib_s,
         r.n_threads,
         BANDWIDTH_BYTES >> 20

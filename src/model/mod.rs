@@ -146,6 +146,11 @@ impl Model {
         self.pool = pool;
     }
 
+    /// The threads it computes on.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Computes with `kernel` from now on, repacking the weights when its layout is
     /// not the file's. The file's copy of repacked weights is released tensor by
     /// tensor, so that the two copies are never resident together.
