@@ -1,9 +1,10 @@
 //! Prompt-processing and generation speed, measured like llama-bench (what bitnet.cpp's
 //! e2e_benchmark.py runs): `pp<P>` evaluates P random tokens in one batch from an empty
-//! cache, `tg<N>` decodes N tokens one at a time from an empty cache; each test runs once
-//! to warm up, then `reps` times, and reports tokens/s as mean ± sd. Beside each tg
-//! repetition it measures the memory read bandwidth, decode's bound, under the same
-//! conditions (on a shared machine the bandwidth drifts within a minute).
+//! cache, `tg<N>` decodes N tokens one at a time from an empty cache. Each test runs
+//! `reps` times after a warm-up (pp: one untimed run; tg: one untimed token before every
+//! repetition) and reports tokens/s as mean ± sd. Right after each tg repetition it
+//! measures the memory read bandwidth, decode's bound, under the same conditions (on a
+//! shared machine the bandwidth drifts within a minute).
 
 use std::hint::black_box;
 use std::time::Instant;
