@@ -89,15 +89,26 @@ impl<'a> OutRows<'a> {
     }
 }
 
-/// A `[n_tokens][n_rows]` output cut into blocks of `chunk` rows, handed out one block at a
-/// time to whichever thread asks next (so a slow thread simply takes fewer blocks).
+/// A `[n_tokens][n_rows]` output cut into blocks of rows, handed out one block at a time
+/// to whichever thread asks next (so a slow thread simply takes fewer blocks).
 pub struct RowsOut<'a> {
     ptr: *mut f32,
     n_tokens: usize,
     n_rows: usize,
-    chunk: usize,
+    blocks: Blocks,
+    /// The first row nobody has taken yet.
     next: AtomicUsize,
     _out: PhantomData<&'a mut [f32]>,
+}
+
+/// How [`RowsOut`] sizes its blocks.
+#[derive(Clone, Copy)]
+enum Blocks {
+    /// Every block has this many rows (the last may be shorter).
+    Fixed(usize),
+    /// Each block takes `1 / parts` of the rows not yet taken, rounded up to a multiple of
+    /// `align` rows.
+    Shrinking { parts: usize, align: usize },
 }
 
 // SAFETY: the blocks are handed out through an atomic counter, each at most once, so
@@ -110,17 +121,37 @@ unsafe impl Send for RowsOut<'_> {}
 impl<'a> RowsOut<'a> {
     /// Blocks of `chunk` rows (the last may be shorter) of a `[n_tokens][n_rows]` `out`.
     pub fn new(out: &'a mut [f32], n_tokens: usize, n_rows: usize, chunk: usize) -> Self {
+        assert!(chunk > 0, "empty row blocks");
+        Self::with_blocks(out, n_tokens, n_rows, Blocks::Fixed(chunk))
+    }
+
+    /// Blocks that shrink as the rows run out (guided self-scheduling): each takes
+    /// `1 / parts` of the rows nobody has taken yet, rounded up to a multiple of `align`
+    /// rows. The first blocks are long, so threads claim rarely and stream long runs of
+    /// weights; the last are short, so threads finish together even when one of them
+    /// runs slower (a little core, a busy neighbour) and nobody waits for a long block.
+    pub fn shrinking(
+        out: &'a mut [f32],
+        n_tokens: usize,
+        n_rows: usize,
+        parts: usize,
+        align: usize,
+    ) -> Self {
+        assert!(parts > 0 && align > 0, "empty row blocks");
+        Self::with_blocks(out, n_tokens, n_rows, Blocks::Shrinking { parts, align })
+    }
+
+    fn with_blocks(out: &'a mut [f32], n_tokens: usize, n_rows: usize, blocks: Blocks) -> Self {
         assert_eq!(
             out.len(),
             n_tokens * n_rows,
             "output is not n_tokens x n_rows"
         );
-        assert!(chunk > 0, "empty row blocks");
         RowsOut {
             ptr: out.as_mut_ptr(),
             n_tokens,
             n_rows,
-            chunk,
+            blocks,
             next: AtomicUsize::new(0),
             _out: PhantomData,
         }
@@ -130,16 +161,34 @@ impl<'a> RowsOut<'a> {
     pub fn next_chunk(&self) -> Option<OutRows<'_>> {
         // Relaxed is enough: the counter only decides who gets which block; the writes
         // are published to the reader by whatever joins the threads afterwards.
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let start = i.checked_mul(self.chunk)?;
-        if start >= self.n_rows {
-            return None;
-        }
+        let mut start = self.next.load(Ordering::Relaxed);
+        let rows = loop {
+            if start >= self.n_rows {
+                return None;
+            }
+            let untaken = self.n_rows - start;
+            let len = match self.blocks {
+                Blocks::Fixed(chunk) => chunk,
+                Blocks::Shrinking { parts, align } => {
+                    untaken.div_ceil(parts).next_multiple_of(align)
+                }
+            }
+            .min(untaken);
+            match self.next.compare_exchange_weak(
+                start,
+                start + len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break start..start + len,
+                Err(now) => start = now,
+            }
+        };
         Some(OutRows {
             ptr: self.ptr,
             n_tokens: self.n_tokens,
             n_rows: self.n_rows,
-            rows: start..start.saturating_add(self.chunk).min(self.n_rows),
+            rows,
             _out: PhantomData,
         })
     }
@@ -149,11 +198,8 @@ impl<'a> RowsOut<'a> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn blocks_cover_every_row_once_across_threads() {
-        let (n_tokens, n_rows) = (3, 50);
-        let mut out = vec![0f32; n_tokens * n_rows];
-        let parts = RowsOut::new(&mut out, n_tokens, n_rows, 7);
+    /// Fills `out` through four threads sharing `parts`; each element gets its token and row.
+    fn fill_from_threads(parts: RowsOut<'_>) {
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -168,10 +214,33 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn blocks_cover_every_row_once_across_threads() {
+        let (n_tokens, n_rows) = (3, 50);
         let want: Vec<f32> = (0..n_tokens)
             .flat_map(|t| (0..n_rows).map(move |r| (t * 1000 + r) as f32))
             .collect();
+        let mut out = vec![0f32; n_tokens * n_rows];
+        fill_from_threads(RowsOut::new(&mut out, n_tokens, n_rows, 7));
         assert_eq!(out, want);
+        let mut out = vec![0f32; n_tokens * n_rows];
+        fill_from_threads(RowsOut::shrinking(&mut out, n_tokens, n_rows, 3, 4));
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn shrinking_blocks_take_a_share_of_the_rows_left() {
+        let mut out = vec![0f32; 100];
+        let parts = RowsOut::shrinking(&mut out, 1, 100, 4, 8);
+        let blocks: Vec<_> = std::iter::from_fn(|| parts.next_chunk().map(|p| p.rows())).collect();
+        // 100 left: 25 -> 32; 68: 17 -> 24; 44: 11 -> 16; 28: 7 -> 8; 20 and 12: 8; then 4.
+        assert_eq!(
+            blocks,
+            [0..32, 32..56, 56..72, 72..80, 80..88, 88..96, 96..100]
+        );
+        assert!(parts.next_chunk().is_none());
     }
 
     #[test]

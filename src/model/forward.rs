@@ -25,9 +25,11 @@ use super::{Model, ModelError};
 use crate::compute::Pool;
 use crate::gguf::GgmlType;
 
-/// Row (or token) blocks per thread: several, so that a thread slowed by other work takes
-/// fewer.
+/// Token blocks per thread: several, so that a thread slowed by other work takes fewer.
 const BLOCKS_PER_THREAD: usize = 8;
+
+/// Rows of a matrix product's blocks: a multiple of the SIMD kernels' row groups.
+const ROW_ALIGN: usize = 16;
 
 /// Per-sequence state: the KV cache and the scratch buffers of one forward pass.
 /// Buffers grow to the largest batch seen and are reused, so steady-state decoding
@@ -125,11 +127,13 @@ fn scratch(threads: &[Mutex<ThreadScratch>], i: usize) -> std::sync::MutexGuard<
     threads[i].lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Rows per block when `n_rows` are split over the pool's threads.
-fn row_block(pool: &Pool, n_rows: usize) -> usize {
+/// The `[n_tokens][n_rows]` output `out` in blocks for the pool's threads: one block on
+/// one thread; with more, blocks that shrink as rows run out, each a `1 / 2n`-th of the
+/// rows left, so that the threads end together.
+fn split_rows<'a>(pool: &Pool, out: &'a mut [f32], n_tokens: usize, n_rows: usize) -> RowsOut<'a> {
     match pool.n_threads() {
-        1 => n_rows.max(1),
-        n => n_rows.div_ceil(n * BLOCKS_PER_THREAD).next_multiple_of(16),
+        1 => RowsOut::new(out, n_tokens, n_rows, n_rows.max(1)),
+        n => RowsOut::shrinking(out, n_tokens, n_rows, 2 * n, ROW_ALIGN),
     }
 }
 
@@ -328,7 +332,7 @@ impl Model {
         b.logits.resize(n * vocab, 0.0);
         let table = &self.file()[bytes.clone()];
         let (pool, threads) = (&self.pool, &b.threads);
-        let logits = RowsOut::new(&mut b.logits, n, vocab, row_block(pool, vocab));
+        let logits = split_rows(pool, &mut b.logits, n, vocab);
         if let Some(head) = &self.head_q8 {
             // d is a multiple of the block size, so each token's blocks are contiguous.
             scalar::quantize_q8_0(&b.xn, &mut b.head_q8);
@@ -388,7 +392,7 @@ fn bitlinear<const N: usize>(
     let n = acts.n_tokens();
     let jobs = layers.map(|(w, out)| {
         out.resize(n * w.rows, 0.0);
-        let parts = RowsOut::new(out, n, w.rows, row_block(pool, w.rows));
+        let parts = split_rows(pool, out, n, w.rows);
         (w, w.packed(file), parts)
     });
     pool.run(&|_| {
