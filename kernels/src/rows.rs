@@ -111,9 +111,10 @@ enum Blocks {
     Shrinking { parts: usize, align: usize },
 }
 
-// SAFETY: the blocks are handed out through an atomic counter, each at most once, so
-// threads sharing a `RowsOut` receive disjoint `OutRows`; the buffer itself is borrowed
-// mutably for 'a, as if `RowsOut` held the `&mut [f32]`.
+// SAFETY: a block is handed out only by a compare-exchange that moves the atomic first
+// untaken row past it, so each row at most once, and threads sharing a `RowsOut` receive
+// disjoint `OutRows`; the buffer itself is borrowed mutably for 'a, as if `RowsOut` held
+// the `&mut [f32]`.
 unsafe impl Sync for RowsOut<'_> {}
 // SAFETY: as for `Sync`: the `RowsOut` stands for an exclusive borrow of the buffer.
 unsafe impl Send for RowsOut<'_> {}
@@ -198,7 +199,8 @@ impl<'a> RowsOut<'a> {
 mod tests {
     use super::*;
 
-    /// Fills `out` through four threads sharing `parts`; each element gets its token and row.
+    /// Four threads fill the buffer of `parts` through it, adding token·1000 + row to each
+    /// element.
     fn fill_from_threads(parts: RowsOut<'_>) {
         std::thread::scope(|s| {
             for _ in 0..4 {
