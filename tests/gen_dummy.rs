@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use bitnet_kernels::layout::{decode_i2s, i2s_code_bytes};
 use bitnetd::dummy::{
-    self, BUILTIN_VOCAB, DEMO_FILE_NAME, DummySpec, END_OF_TEXT, ModelSize, TernarySampler,
-    ternary_scale,
+    self, BUILTIN_VOCAB, DEMO_FILE_NAME, DummySpec, END_OF_TEXT, EmbeddingType, ModelSize,
+    TernarySampler, ternary_scale,
 };
 use bitnetd::gguf::{GgmlType, Gguf, Value};
-use bitnetd::model::{Arch, Logits, Model};
+use bitnetd::model::{Arch, HeadChoice, Logits, Model};
+use common::{max_abs_diff, top5};
 
 fn tiny(seed: u64) -> DummySpec {
     DummySpec {
@@ -59,10 +60,10 @@ fn tiny_models_of_both_archs_load_and_give_finite_varied_logits() {
         let sd = (last.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n_vocab as f32).sqrt();
         assert!(sd > 0.1 && sd < 100.0, "{arch:?}: logit sd {sd}");
         // Greedy decoding does not repeat one token forever.
-        let mut tok = common::top5(last)[0];
+        let mut tok = top5(last)[0];
         let mut seen = vec![tok];
         for _ in 0..8 {
-            tok = common::top5(model.forward(&mut s, &[tok], Logits::Last).unwrap())[0];
+            tok = top5(model.forward(&mut s, &[tok], Logits::Last).unwrap())[0];
             seen.push(tok);
         }
         seen.sort();
@@ -343,4 +344,49 @@ fn racing_demo_model_generations_both_succeed() {
         1,
         "leftover files"
     );
+}
+
+#[test]
+fn a_q6_k_embedding_computes_as_stored_and_as_an_8_bit_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = generate(&tiny(3), dir.path(), "f16.gguf");
+    let spec = DummySpec {
+        embedding: EmbeddingType::Q6K,
+        ..tiny(3)
+    };
+    let q6 = generate(&spec, dir.path(), "q6.gguf");
+    let embd = |path: &Path| {
+        Gguf::open(path)
+            .unwrap()
+            .tensor("token_embd.weight")
+            .unwrap()
+            .ggml_type
+    };
+    assert_eq!((embd(&f16), embd(&q6)), (GgmlType::F16, GgmlType::Q6K));
+    let logits = |path: &Path, head: HeadChoice| {
+        let mut model = Model::load(path).unwrap();
+        model.set_head(head).unwrap();
+        let mut s = model.session(16);
+        model
+            .forward(&mut s, &[5, 17, 300, 2], Logits::Last)
+            .unwrap()
+            .to_vec()
+    };
+    let exact = logits(&f16, HeadChoice::File);
+    let stored = logits(&q6, HeadChoice::File);
+    let copy = logits(&q6, HeadChoice::Q8);
+    // Both differ (the embedding really is 6-bit, the copy 8-bit) but only a little: the
+    // logits span ±11 here; measured 0.82 and 0.10.
+    let spread = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (d_stored, d_copy) = (max_abs_diff(&exact, &stored), max_abs_diff(&stored, &copy));
+    assert!(
+        d_stored > 0.0 && d_stored < 0.15 * spread,
+        "{d_stored} of {spread}"
+    );
+    assert!(
+        d_copy > 0.0 && d_copy < 0.02 * spread,
+        "{d_copy} of {spread}"
+    );
+    assert_eq!(top5(&stored)[0], top5(&exact)[0]);
+    assert_eq!(top5(&copy)[0], top5(&exact)[0]);
 }

@@ -6,12 +6,13 @@
 //!
 //! The values are Q8_0's: a file's Q8_0 embedding is taken as it is, and an F16 one is
 //! quantized as ggml's reference quantizer does (scale max|w| / 127, round half away
-//! from zero), which is what converting the model with a Q8_0 token embedding gives.
+//! from zero), which is what converting the model with a Q8_0 token embedding gives. A
+//! Q6_K one is dequantized, then quantized the same way.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::scalar::{Q8_0_BLOCK, Q8_0_BYTES};
+use crate::scalar::{Q6_K_BLOCK, Q6_K_BYTES, Q8_0_BLOCK, Q8_0_BYTES, dequantize_q6_k};
 
 /// Rows per group: one f32 lane each in an AVX2 register.
 pub const Q8_GROUP: usize = 8;
@@ -26,18 +27,40 @@ pub struct Q8Matrix {
 impl Q8Matrix {
     /// Quantizes an F16 matrix of `cols` columns (a multiple of 32).
     pub fn from_f16(w: &[f16], cols: usize) -> Self {
+        Self::quantize_rows(w.len() / cols, cols, |r, values| {
+            w[r * cols..][..cols].convert_to_f32_slice(values)
+        })
+    }
+
+    /// Requantizes a Q6_K matrix (`cols / 256` super-blocks of 210 bytes per row): each
+    /// row is dequantized, then quantized as an F16 one would be. The 8-bit values differ
+    /// from the 6-bit ones by at most about half a Q8_0 step.
+    pub fn from_q6_k(bytes: &[u8], cols: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(Q6_K_BLOCK),
+            "Q6_K needs whole super-blocks"
+        );
+        let row_bytes = cols / Q6_K_BLOCK * Q6_K_BYTES;
+        Self::quantize_rows(bytes.len() / row_bytes, cols, |r, values| {
+            dequantize_q6_k(&bytes[r * row_bytes..][..row_bytes], values)
+        })
+    }
+
+    /// `rows` rows, each written as `cols` f32 values by `row(r, values)`, quantized block
+    /// by block as ggml's reference quantizer does.
+    fn quantize_rows(rows: usize, cols: usize, mut row: impl FnMut(usize, &mut [f32])) -> Self {
         assert!(cols.is_multiple_of(Q8_0_BLOCK), "Q8_0 needs whole blocks");
-        let mut m = Self::zeroed(w.len() / cols, cols);
-        let mut values = [0f32; Q8_0_BLOCK];
-        for (r, row) in w.chunks_exact(cols).enumerate() {
-            for (b, block) in row.chunks_exact(Q8_0_BLOCK).enumerate() {
-                block.convert_to_f32_slice(&mut values);
-                let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut m = Self::zeroed(rows, cols);
+        let mut values = vec![0f32; cols];
+        for r in 0..rows {
+            row(r, &mut values);
+            for (b, block) in values.chunks_exact(Q8_0_BLOCK).enumerate() {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 let (qs, scale) = m.block_mut(r, b);
                 *scale = f16::from_f32(d).to_f32();
-                for (q, v) in qs.iter_mut().zip(values) {
+                for (q, v) in qs.iter_mut().zip(block) {
                     *q = round_to_i8(v * id);
                 }
             }
@@ -137,7 +160,41 @@ fn round_to_i8(x: f32) -> i8 {
 
 #[cfg(test)]
 mod tests {
-    use super::round_to_i8;
+    use super::*;
+    use crate::scalar::pack_q6_k;
+
+    #[test]
+    fn q6_k_rows_requantize_within_half_a_step() {
+        // Two rows of two super-blocks, with every 6-bit value and the extreme scales.
+        let cols = 2 * Q6_K_BLOCK;
+        let bytes: Vec<u8> = (0..4usize)
+            .flat_map(|block| {
+                let q: [u8; 256] = std::array::from_fn(|i| ((i * 37 + block * 11) % 64) as u8);
+                let mut scales: [i8; 16] = std::array::from_fn(|i| (i * 29 + block * 50) as i8);
+                scales[block] = if block % 2 == 0 { i8::MIN } else { i8::MAX };
+                pack_q6_k(&q, &scales, f16::from_f32([0.01, 0.5, 0.003, 1.0][block]))
+            })
+            .collect();
+        let m = Q8Matrix::from_q6_k(&bytes, cols);
+        assert_eq!((m.rows(), m.cols()), (2, cols));
+        let mut want = vec![0f32; cols];
+        for (r, row) in bytes.chunks_exact(2 * Q6_K_BYTES).enumerate() {
+            dequantize_q6_k(row, &mut want);
+            for (b, want) in want.chunks_exact(Q8_0_BLOCK).enumerate() {
+                let (qs, scale) = m.block(r, b);
+                let step = want.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                // The scale is stored as f16.
+                assert!((scale - step).abs() <= step / 1024.0, "row {r} block {b}");
+                for (i, (&q, &y)) in qs.iter().zip(want).enumerate() {
+                    let got = f32::from(q) * scale;
+                    assert!(
+                        (got - y).abs() <= 0.6 * step,
+                        "row {r} value {i}: {got} vs {y}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn rounding_matches_roundf() {

@@ -262,6 +262,66 @@ pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Quantizes `x` (whole super-blocks of 256 values) to Q6_K blocks, replacing `out`. Each
+/// run of 16 values gets the smallest step that keeps its largest magnitude within ±31
+/// steps (an int8 multiple of the block's f16 super-scale), and each value its nearest
+/// step. Simpler than ggml's search for the best scales, so a little less precise, but
+/// every value lands within half a step of its own.
+pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
+    assert!(
+        x.len().is_multiple_of(Q6_K_BLOCK),
+        "Q6_K needs whole super-blocks"
+    );
+    out.clear();
+    for block in x.chunks_exact(Q6_K_BLOCK) {
+        let steps: [f32; 16] = std::array::from_fn(|j| {
+            let amax = block[16 * j..][..16]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            amax / 31.0
+        });
+        let d = f16::from_f32(steps.iter().fold(0f32, |m, &s| m.max(s)) / 127.0);
+        let scales = steps.map(|s| {
+            if d.to_f32() > 0.0 {
+                (s / d.to_f32()).ceil().min(127.0) as i8
+            } else {
+                0
+            }
+        });
+        let q: [u8; Q6_K_BLOCK] = std::array::from_fn(|i| {
+            let step = d.to_f32() * f32::from(scales[i / 16]);
+            let q = if step > 0.0 {
+                (block[i] / step).round()
+            } else {
+                0.0
+            };
+            (q.clamp(-32.0, 31.0) as i32 + 32) as u8
+        });
+        out.extend_from_slice(&pack_q6_k(&q, &scales, d));
+    }
+}
+
+/// One Q6_K block of 256 six-bit values (0..64, the value + 32), 16 sub-block scales and
+/// the super-scale, laid out as [`dequantize_q6_k`] reads them.
+pub(crate) fn pack_q6_k(q: &[u8; Q6_K_BLOCK], scales: &[i8; 16], d: f16) -> [u8; Q6_K_BYTES] {
+    let mut block = [0u8; Q6_K_BYTES];
+    let (ql, rest) = block.split_at_mut(128);
+    let (qh, rest) = rest.split_at_mut(64);
+    let (sc, dd) = rest.split_at_mut(16);
+    for (i, &v) in q.iter().enumerate() {
+        let (half, j) = (i / 128, i % 128);
+        let (quarter, l) = (j / 32, j % 32);
+        // Quarters 0/1 use the low nibble of ql[l] / ql[l + 32], quarters 2/3 the high.
+        ql[64 * half + l + 32 * (quarter % 2)] |= (v & 0xf) << (4 * (quarter / 2));
+        qh[32 * half + l] |= (v >> 4) << (2 * quarter);
+    }
+    for (b, &s) in sc.iter_mut().zip(scales) {
+        *b = s as u8;
+    }
+    dd.copy_from_slice(&d.to_le_bytes());
+    block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,31 +374,48 @@ mod tests {
         }
     }
 
-    /// Packs 256 six-bit values (0..64) with 16 scales into a Q6_K block, following the
-    /// format description independently of the decoder.
-    fn pack_q6_k(q: &[u8; 256], scales: &[i8; 16], d: f32) -> Vec<u8> {
-        let mut ql = [0u8; 128];
-        let mut qh = [0u8; 64];
-        for (i, &v) in q.iter().enumerate() {
-            let (half, j) = (i / 128, i % 128);
-            let (quarter, l) = (j / 32, j % 32);
-            // Quarters 0/1 use the low nibble of ql[l] / ql[l + 32], quarters 2/3 the high.
-            let byte = 64 * half + l + 32 * (quarter % 2);
-            ql[byte] |= (v & 0xf) << (4 * (quarter / 2));
-            qh[32 * half + l] |= (v >> 4) << (2 * quarter);
+    #[test]
+    fn q6_k_quantizes_each_value_within_half_its_step() {
+        // Three super-blocks: sub-blocks of magnitudes 1e-3 to 1e2, then one all zero.
+        let mut x: Vec<f32> = (0..512)
+            .map(|i| {
+                let magnitude = 10f32.powi(i / 16 % 6 - 3);
+                magnitude * (((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            })
+            .collect();
+        x.extend([0.0; 256]);
+        let mut bytes = Vec::new();
+        quantize_q6_k(&x, &mut bytes);
+        assert_eq!(bytes.len(), 3 * Q6_K_BYTES);
+        let mut y = vec![1f32; x.len()];
+        dequantize_q6_k(&bytes, &mut y);
+        for (b, block) in bytes.chunks_exact(Q6_K_BYTES).enumerate() {
+            let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
+            for j in 0..16 {
+                let run = 256 * b + 16 * j..256 * b + 16 * (j + 1);
+                let amax = x[run.clone()].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let step = d * f32::from(block[192 + j] as i8);
+                // The step is the smallest multiple of d that covers the run (but for the
+                // f16 rounding of d, when the multiple is capped at 127)...
+                assert!(step * 31.0 >= amax * (1.0 - 1e-3), "block {b} run {j}");
+                assert!(step <= amax / 31.0 + d, "block {b} run {j}");
+                // ...and each value is its nearest multiple of the step.
+                for i in run {
+                    assert!(
+                        (x[i] - y[i]).abs() <= 0.5 * step * (1.0 + 1e-6),
+                        "value {i}"
+                    );
+                }
+            }
         }
-        let mut block = [&ql[..], &qh[..]].concat();
-        block.extend(scales.iter().map(|&s| s as u8));
-        block.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        block
+        assert!(y[512..].iter().all(|&v| v == 0.0));
     }
 
     #[test]
     fn q6_k_decodes_every_position_and_scale() {
         let q: [u8; 256] = std::array::from_fn(|i| ((i * 37 + 5) % 64) as u8);
         let scales: [i8; 16] = std::array::from_fn(|i| (i as i32 * 9 - 70) as i8);
-        let block = pack_q6_k(&q, &scales, 0.5);
-        assert_eq!(block.len(), Q6_K_BYTES);
+        let block = pack_q6_k(&q, &scales, f16::from_f32(0.5));
         let mut y = [0f32; 256];
         dequantize_q6_k(&block, &mut y);
         for i in 0..256 {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bitnet_kernels::dispatch::Layout;
 
-use crate::dummy::{self, DummySpec, ModelSize};
+use crate::dummy::{self, DummySpec, EmbeddingType, ModelSize};
 use crate::model::Arch;
 use crate::weight_layout::parse_layout;
 
@@ -31,6 +31,10 @@ pub struct GenDummyArgs {
     /// read in place by the TL1 kernels; the same weights as i2_s for the same seed).
     #[arg(long, default_value = "i2_s", value_parser = parse_layout)]
     pub outtype: Layout,
+    /// How to store the token embedding: `f16` (bitnet.cpp's converter) or `q6_k` (the
+    /// embedding quantization bitnet.cpp recommends).
+    #[arg(long, value_enum, default_value = "f16")]
+    pub token_embedding_type: EmbeddingType,
     /// Random seed: the same seed gives a byte-identical file.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -53,6 +57,7 @@ pub fn run(args: &GenDummyArgs) -> anyhow::Result<()> {
         size: args.model_size,
         arch: args.arch,
         outtype: args.outtype,
+        embedding: args.token_embedding_type,
         seed: args.seed,
         tokenizer_from: args.tokenizer_from.clone(),
     };
@@ -83,6 +88,7 @@ mod tests {
         let a = parse(&["-o", "m.gguf"]).unwrap();
         assert_eq!(a.model_size, ModelSize::B7);
         assert_eq!(a.outtype, Layout::I2s);
+        assert_eq!(a.token_embedding_type, EmbeddingType::F16);
         assert_eq!(a.seed, 1);
         assert_eq!(a.arch, None);
         assert_eq!(a.tokenizer_from, None);
@@ -113,6 +119,9 @@ mod tests {
             parse(&["-o", "m", "--outtype", "TL1"]).unwrap().outtype,
             Layout::Tl1
         );
+        let q6 = parse(&["-o", "m", "--token-embedding-type", "q6_k"]).unwrap();
+        assert_eq!(q6.token_embedding_type, EmbeddingType::Q6K);
+        assert!(parse(&["-o", "m", "--token-embedding-type", "q4_0"]).is_err());
         let e = parse(&["-o", "m", "--outtype", "tl2"]).unwrap_err();
         assert!(e.to_string().contains("i2_s or tl1"), "{e}");
         assert!(parse(&["-o", "m", "--arch", "llama"]).is_err());

@@ -22,7 +22,7 @@ pub use presets::{ModelSize, Shape};
 pub use tensors::{Init, P_ZERO, PlannedTensor, TernarySampler, plan, ternary_scale};
 pub use vocab::{BUILTIN_VOCAB, END_OF_TEXT, TokenizerKv};
 
-use crate::gguf::{GgufWriter, Value, WriteError};
+use crate::gguf::{GgmlType, GgufWriter, Value, WriteError};
 use crate::model::{Arch, ModelError};
 use crate::partial_file::PartialFile;
 use crate::weight_layout::marker;
@@ -64,20 +64,43 @@ pub struct DummySpec {
     pub arch: Option<Arch>,
     /// Layout of the ternary weights: bitnet.cpp's I2_S, or bitnetd's TL1.
     pub outtype: Layout,
+    /// How the token embedding is stored.
+    pub embedding: EmbeddingType,
     pub seed: u64,
     /// Copy every `tokenizer.*` key from this GGUF instead of the built-in tokenizer.
     pub tokenizer_from: Option<PathBuf>,
 }
 
 impl DummySpec {
-    /// `size` with its default arch, I2_S, seed 1 and the built-in tokenizer.
+    /// `size` with its default arch, I2_S, an F16 embedding, seed 1 and the built-in
+    /// tokenizer.
     pub fn new(size: ModelSize) -> Self {
         DummySpec {
             size,
             arch: None,
             outtype: Layout::I2s,
+            embedding: EmbeddingType::F16,
             seed: 1,
             tokenizer_from: None,
+        }
+    }
+}
+
+/// How the token embedding is stored (llama-quantize's `--token-embedding-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbeddingType {
+    /// F16, as bitnet.cpp's converter writes it.
+    F16,
+    /// Q6_K, the embedding quantization bitnet.cpp recommends.
+    #[value(name = "q6_k")]
+    Q6K,
+}
+
+impl EmbeddingType {
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            EmbeddingType::F16 => GgmlType::F16,
+            EmbeddingType::Q6K => GgmlType::Q6K,
         }
     }
 }
@@ -112,7 +135,7 @@ pub fn generate(spec: &DummySpec, path: &Path) -> Result<DummySummary, DummyErro
         Some(p) => vocab::copy_from(p)?,
         None => vocab::builtin()?,
     };
-    let tensors = plan(&shape, tokenizer.n_vocab as u64);
+    let tensors = plan(&shape, tokenizer.n_vocab as u64, spec.embedding.ggml_type());
 
     let mut w = GgufWriter::new();
     let layout = spec.outtype;
@@ -214,7 +237,7 @@ mod tests {
     fn size_of_2b4t_matches_bitnet_cpp_data_layout() {
         // Tensor data of a 2B-4T shape with GPT-2's 50257 tokens, as bitnet.cpp lays it out:
         // F16 embedding, F32 norms, I2_S projections (n/4 + 32 bytes), each 32-aligned.
-        let tensors = plan(&ModelSize::B2_4T.shape(), 50257);
+        let tensors = plan(&ModelSize::B2_4T.shape(), 50257, GgmlType::F16);
         assert_eq!(tensors.len(), 30 * 11 + 2);
         let data: u64 = tensors
             .iter()

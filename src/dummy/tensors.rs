@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use bitnet_kernels::I2sMatrix;
 use bitnet_kernels::dispatch::Layout;
 use bitnet_kernels::layout::{I2S_BLOCK, encode_i2s_into, i2s_code_bytes};
+use bitnet_kernels::scalar::quantize_q6_k;
 use bitnet_kernels::tl1::{TL1_GROUP, tl1_bytes, tl1_pack_into};
 use half::f16;
 
@@ -22,8 +23,8 @@ pub const P_ZERO: f64 = 0.35;
 /// How a tensor's values are drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
-    /// N(0, std^2), stored as F16 (the token embedding).
-    Normal { std: f32 },
+    /// N(0, std^2), stored as F16 or Q6_K (the token embedding).
+    Normal { std: f32, stored: GgmlType },
     /// U(0.8, 1.2), stored as F32 (norm weights).
     NormWeight,
     /// Ternary {-scale, 0, +scale}, stored as I2_S or TL1.
@@ -42,7 +43,7 @@ impl PlannedTensor {
     /// The stored type, with ternary weights in `layout`.
     pub fn ggml_type(&self, layout: Layout) -> GgmlType {
         match self.init {
-            Init::Normal { .. } => GgmlType::F16,
+            Init::Normal { stored, .. } => stored,
             Init::NormWeight => GgmlType::F32,
             Init::Ternary { .. } => tensor_type(layout),
         }
@@ -59,9 +60,10 @@ pub fn ternary_scale(in_dim: u64) -> f32 {
     (1.5 / in_dim as f32).sqrt()
 }
 
-/// The tensors of a model, in bitnet.cpp's order (as in ../shared/reference/tiny-i2_s.gguf).
-/// Both archs carry the two sub-norms: bitnet_b1_58-large has them too.
-pub fn plan(shape: &Shape, n_vocab: u64) -> Vec<PlannedTensor> {
+/// The tensors of a model, in bitnet.cpp's order (as in ../shared/reference/tiny-i2_s.gguf),
+/// with the token embedding stored as `embedding` (F16 or Q6_K). Both archs carry the two
+/// sub-norms: bitnet_b1_58-large has them too.
+pub fn plan(shape: &Shape, n_vocab: u64, embedding: GgmlType) -> Vec<PlannedTensor> {
     let d = u64::from(shape.n_embd);
     let ff = u64::from(shape.n_ff);
     let kv = u64::from(shape.n_head_kv * shape.head_dim());
@@ -83,6 +85,7 @@ pub fn plan(shape: &Shape, n_vocab: u64) -> Vec<PlannedTensor> {
             dims: vec![d, n_vocab],
             init: Init::Normal {
                 std: 3.0 / (d as f32).sqrt(),
+                stored: embedding,
             },
         },
         norm("output_norm.weight".into(), d),
@@ -196,14 +199,20 @@ pub fn write_tensor(
                 .collect();
             emit(&bytes)
         }
-        Init::Normal { std } => {
+        Init::Normal { std, stored } => {
+            // Chunks of whole Q6_K super-blocks (the row length is a multiple of 256).
             let mut rng = Rng::for_stream(seed, &t.name);
-            let mut buf = Vec::with_capacity(2 * CHUNK.min(n));
+            let (mut values, mut buf) = (Vec::with_capacity(CHUNK.min(n)), Vec::new());
             for start in (0..n).step_by(CHUNK) {
-                buf.clear();
-                for _ in start..(start + CHUNK).min(n) {
-                    let x = (rng.normal() * f64::from(std)) as f32;
-                    buf.extend_from_slice(&f16::from_f32(x).to_le_bytes());
+                values.clear();
+                values.extend(
+                    (start..(start + CHUNK).min(n)).map(|_| (rng.normal() * f64::from(std)) as f32),
+                );
+                if stored == GgmlType::Q6K {
+                    quantize_q6_k(&values, &mut buf);
+                } else {
+                    buf.clear();
+                    buf.extend(values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()));
                 }
                 emit(&buf)?;
             }

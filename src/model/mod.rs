@@ -77,7 +77,8 @@ pub struct Model {
 pub enum HeadChoice {
     /// As the file stores it.
     File,
-    /// An 8-bit (Q8_0) copy made at load: 56% of the F16 head's bytes per token.
+    /// An 8-bit (Q8_0) copy made at load (from F16 or Q6_K): 56% of the F16 head's bytes
+    /// per token.
     Q8,
 }
 
@@ -117,13 +118,21 @@ impl Model {
                     problem: "Q8_0 value -128 (quantizers write -127..=127)".into(),
                 })?,
             ),
+            (HeadChoice::File, GgmlType::Q6K) => {
+                log::warn!(
+                    "the Q6_K output projection runs on the portable path, one row at a time \
+                     (slow); --head q8 makes an 8-bit copy at load for the SIMD kernels"
+                );
+                None
+            }
             (HeadChoice::File, _) => None,
             (HeadChoice::Q8, GgmlType::F16) => {
                 Some(Q8Matrix::from_f16(bytemuck::cast_slice(table), cols))
             }
+            (HeadChoice::Q8, GgmlType::Q6K) => Some(Q8Matrix::from_q6_k(table, cols)),
             (HeadChoice::Q8, other) => {
                 return Err(ModelError::Unsupported(format!(
-                    "--head q8 needs an F16 or Q8_0 token embedding; this file's is {other}"
+                    "--head q8 needs an F16, Q8_0 or Q6_K token embedding; this file's is {other}"
                 )));
             }
         };
