@@ -281,15 +281,16 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
             amax / 31.0
         });
         let d = f16::from_f32(steps.iter().fold(0f32, |m, &s| m.max(s)) / 127.0);
+        let d32 = d.to_f32();
         let scales = steps.map(|s| {
-            if d.to_f32() > 0.0 {
-                (s / d.to_f32()).ceil().min(127.0) as i8
+            if d32 > 0.0 {
+                (s / d32).ceil().min(127.0) as i8
             } else {
                 0
             }
         });
         let q: [u8; Q6_K_BLOCK] = std::array::from_fn(|i| {
-            let step = d.to_f32() * f32::from(scales[i / 16]);
+            let step = d32 * f32::from(scales[i / 16]);
             let q = if step > 0.0 {
                 (block[i] / step).round()
             } else {
