@@ -7,6 +7,7 @@ pub mod convert;
 pub mod dummy;
 pub mod engine;
 pub mod gguf;
+pub mod hub;
 pub mod model;
 mod partial_file;
 pub mod rng;

@@ -28,8 +28,10 @@ enum Command {
     Perplexity(app::perplexity::PerplexityArgs),
     /// Write a random ternary model (like generate-dummy-bitnet-model.py).
     GenDummy(app::gen_dummy::GenDummyArgs),
-    /// Rewrite a model with its ternary weights in another layout (i2_s or tl1).
+    /// Convert a Hugging Face checkpoint to GGUF, or a GGUF to another ternary layout.
     Convert(app::convert::ConvertArgs),
+    /// Download a model file from Hugging Face (resumable, sha256-checked).
+    Pull(app::pull::PullArgs),
 }
 
 /// bitnet.cpp's users type `-cnv`, which clap cannot take as a short flag.
@@ -73,6 +75,7 @@ fn main() {
         Command::Perplexity(args) => app::perplexity::run(args),
         Command::GenDummy(args) => app::gen_dummy::run(args),
         Command::Convert(args) => app::convert::run(args),
+        Command::Pull(args) => app::pull::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

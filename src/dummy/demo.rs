@@ -20,10 +20,14 @@ fn cache_dir(xdg: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
     Some(root.join("bitnetd"))
 }
 
+/// bitnetd's cache directory for this user (see `cache_dir`), if there is a home.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    cache_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+}
+
 /// The demo model's path, generating it (tiny, seed 1, built-in tokenizer) on first use.
 pub fn demo_model_path() -> Result<PathBuf, DummyError> {
-    let dir = cache_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
-        .ok_or(DummyError::NoCacheDir)?;
+    let dir = user_cache_dir().ok_or(DummyError::NoCacheDir)?;
     demo_model_in(&dir)
 }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use bitnet_kernels::dispatch::Layout;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use demo::{DEMO_FILE_NAME, demo_model_in, demo_model_path};
+pub use demo::{DEMO_FILE_NAME, demo_model_in, demo_model_path, user_cache_dir};
 pub use presets::{ModelSize, Shape};
 pub use tensors::{Init, P_ZERO, PlannedTensor, TernarySampler, plan, ternary_scale};
 pub use vocab::{BUILTIN_VOCAB, END_OF_TEXT, TokenizerKv};
