@@ -7,6 +7,7 @@ mod value;
 mod writer;
 
 pub use reader::{DEFAULT_ALIGNMENT, Gguf, GgufError, MAGIC, TensorInfo};
+pub use storage::Storage;
 pub use types::GgmlType;
 pub use value::{Value, ValueType};
 pub use writer::{GgufWriter, WriteError};
