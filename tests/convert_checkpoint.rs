@@ -303,3 +303,95 @@ fn sentencepiece_tokenizer_model_is_read() {
     let ids = tok.encode("a", true, false).unwrap();
     assert_eq!((ids[0], *ids.last().unwrap()), (1, 3 + 0x61), "{ids:?}");
 }
+
+/// Not a check: writes a checkpoint of BitNet-b1.58-2B-4T's shapes (packed autobitlinear,
+/// bf16 embedding and norms, 1.2 GB) into `$BITNETD_2B4T_DIR`, for measuring the
+/// conversion's time and peak RSS:
+/// `BITNETD_2B4T_DIR=/tmp/2b4t cargo test --release --test convert_checkpoint -- --ignored`
+/// then `/usr/bin/time -v bitnetd convert /tmp/2b4t -o /tmp/2b4t.gguf`.
+#[test]
+#[ignore]
+fn write_2b4t_shaped_checkpoint() {
+    let Some(dir) = std::env::var_os("BITNETD_2B4T_DIR") else {
+        eprintln!("SKIPPED: set BITNETD_2B4T_DIR to write the checkpoint");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (d, ff, layers, heads, kv_heads, vocab) = (2560, 6912, 30, 20, 5, 128256);
+    let kv = kv_heads * d / heads;
+    let mut rng = Rng(42);
+    let bf16 = |n: usize, rng: &mut Rng, std: f32, mean: f32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| half::bf16::from_f32(mean + std * rng.normal()).to_le_bytes())
+            .collect()
+    };
+    // Bytes whose four 2-bit codes are all 0, 1 or 2.
+    let valid: Vec<u8> = (0..=255u8)
+        .filter(|b| (0..4).all(|j| (b >> (2 * j)) & 3 != 3))
+        .collect();
+    let mut tensors = vec![StTensor {
+        name: "model.embed_tokens.weight".into(),
+        dtype: safetensors::Dtype::BF16,
+        shape: vec![vocab, d],
+        data: bf16(vocab * d, &mut rng, 0.05, 0.0),
+    }];
+    let norm = |name: String, n: usize, rng: &mut Rng| StTensor {
+        name,
+        dtype: safetensors::Dtype::BF16,
+        shape: vec![n],
+        data: bf16(n, rng, 0.05, 1.0),
+    };
+    tensors.push(norm("model.norm.weight".into(), d, &mut rng));
+    for l in 0..layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        for (s, n) in [
+            ("input_layernorm", d),
+            ("post_attention_layernorm", d),
+            ("self_attn.attn_sub_norm", d),
+            ("mlp.ffn_sub_norm", ff),
+        ] {
+            tensors.push(norm(p(&format!("{s}.weight")), n, &mut rng));
+        }
+        for (s, rows, cols) in [
+            ("self_attn.q_proj", d, d),
+            ("self_attn.k_proj", kv, d),
+            ("self_attn.v_proj", kv, d),
+            ("self_attn.o_proj", d, d),
+            ("mlp.gate_proj", ff, d),
+            ("mlp.up_proj", ff, d),
+            ("mlp.down_proj", d, ff),
+        ] {
+            tensors.push(StTensor {
+                name: p(&format!("{s}.weight")),
+                dtype: safetensors::Dtype::U8,
+                shape: vec![rows / 4, cols],
+                data: (0..rows / 4 * cols)
+                    .map(|_| valid[(rng.next() % valid.len() as u64) as usize])
+                    .collect(),
+            });
+            tensors.push(StTensor {
+                name: p(&format!("{s}.weight_scale")),
+                dtype: safetensors::Dtype::BF16,
+                shape: vec![1],
+                data: half::bf16::from_f32(0.02).to_le_bytes().to_vec(),
+            });
+        }
+    }
+    write_safetensors(&dir, &tensors, false);
+    let config = serde_json::json!({
+        "architectures": ["BitNetForCausalLM"], "hidden_size": d, "intermediate_size": ff,
+        "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "max_position_embeddings": 4096, "hidden_act": "relu2",
+        "tie_word_embeddings": true, "bos_token_id": 258, "eos_token_id": 258,
+        "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                "quantization_mode": "offline"}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        gpt2_tokenizer_json().to_string(),
+    )
+    .unwrap();
+}

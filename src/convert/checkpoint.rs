@@ -154,6 +154,14 @@ impl Checkpoint {
         self.shards[t.shard].release(t.start..t.end);
     }
 
+    /// [`Checkpoint::release`] for the pages of elements `range` of a tensor, so that a large
+    /// tensor is not resident as a whole while it streams through.
+    pub fn release_elements(&self, t: &TensorRef, range: std::ops::Range<usize>) {
+        let size = t.dtype.bitsize() / 8;
+        let end = (t.start + range.end * size).min(t.end);
+        self.shards[t.shard].release(t.start + range.start * size..end);
+    }
+
     /// Elements `range` of a float tensor (F32, F16 or BF16) as f32, into `out`.
     pub fn floats(
         &self,

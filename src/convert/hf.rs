@@ -301,7 +301,9 @@ fn write_tensor(
             let row = src.shape[1];
             let chunk = (CHUNK / row).max(1) * row;
             for start in (0..n).step_by(chunk) {
-                ck.floats(src, start..(start + chunk).min(n), &mut values)?;
+                let range = start..(start + chunk).min(n);
+                ck.floats(src, range.clone(), &mut values)?;
+                ck.release_elements(src, range);
                 bytes.clear();
                 match t.ty {
                     GgmlType::F32 => bytes.extend(values.iter().flat_map(|v| v.to_le_bytes())),
@@ -348,6 +350,7 @@ fn write_linear(
         let r = chunk_rows.min(rows - start);
         let w = &mut weights[..r * cols];
         lin.rows(ck, start, w, &mut scratch)?;
+        lin.release_rows(ck, start..start + r);
         match outtype {
             OutType::F32 => {
                 bytes.clear();

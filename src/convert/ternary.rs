@@ -158,6 +158,16 @@ impl TernaryTensor {
     }
 }
 
+impl TernaryTensor {
+    /// Gives back the pages of rows already converted. Packed rows share bytes across the
+    /// whole tensor (row r + j * rows/4 sits in packed row r), so those go only at the end.
+    pub fn release_rows(&self, ck: &Checkpoint, rows: std::ops::Range<usize>) {
+        if let Kind::Master { .. } = self.kind {
+            ck.release_elements(&self.weight, rows.start * self.cols..rows.end * self.cols);
+        }
+    }
+}
+
 /// mean |w| over the whole tensor, read in chunks (summed in f64).
 fn abs_mean(ck: &Checkpoint, t: &TensorRef) -> Result<f32, CheckpointError> {
     const CHUNK: usize = 1 << 20;
@@ -167,6 +177,7 @@ fn abs_mean(ck: &Checkpoint, t: &TensorRef) -> Result<f32, CheckpointError> {
     for start in (0..n).step_by(CHUNK) {
         ck.floats(t, start..(start + CHUNK).min(n), &mut buf)?;
         sum += buf.iter().map(|v| f64::from(v.abs())).sum::<f64>();
+        ck.release_elements(t, start..(start + CHUNK).min(n));
     }
     Ok((sum / n as f64) as f32)
 }

@@ -88,7 +88,7 @@ pub struct Ckpt {
 }
 
 /// A small deterministic generator (splitmix64).
-pub struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     pub fn next(&mut self) -> u64 {
