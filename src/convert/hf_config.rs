@@ -197,8 +197,8 @@ impl HfConfig {
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(bad(format!("{k} is 0")));
         }
-        if raw.hidden_size % raw.num_attention_heads != 0
-            || raw.num_attention_heads % n_head_kv != 0
+        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
+            || !raw.num_attention_heads.is_multiple_of(n_head_kv)
         {
             return Err(bad(format!(
                 "{} heads ({n_head_kv} KV heads) do not divide hidden_size {}",
