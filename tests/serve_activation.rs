@@ -16,10 +16,13 @@ use daemon::{Client, PATIENCE, request};
 use serde_json::json;
 
 fn socket_activate_tool() -> Option<PathBuf> {
-    ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 fn mode(path: &Path) -> u32 {
@@ -49,14 +52,15 @@ fn serves_on_an_inherited_socket_and_leaves_its_file() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(PATIENCE)).unwrap();
     let log_path = dir.path().join("log");
+    // The tool passes on only the variables named with --setenv.
     let mut child = Command::new(tool)
         .arg("--listen")
         .arg(&inherited)
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--setenv=RUST_LOG=info")
         .arg(env!("CARGO_BIN_EXE_bitnetd"))
         .args(["serve", "--config"])
         .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -70,7 +74,13 @@ fn serves_on_an_inherited_socket_and_leaves_its_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mode_before = mode(&inherited);
-    assert_ne!(mode_before, 0o600, "choose a configured mode the tool does not give");
+    assert_ne!(
+        mode_before, 0o600,
+        "choose a configured mode the tool does not give"
+    );
+    // Like a socket unit, the tool starts the daemon at the first connection, which waits
+    // in the backlog until the daemon accepts it.
+    let mut client = Client::new(&inherited);
 
     let mut buf = [0u8; 4096];
     let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
@@ -80,7 +90,6 @@ fn serves_on_an_inherited_socket_and_leaves_its_file() {
     assert!(!own.exists(), "the daemon bound socket.path too");
     assert_eq!(mode(&inherited), mode_before, "the daemon changed the mode");
 
-    let mut client = Client::new(&inherited);
     client.send(&json!({"cmd": "status"}));
     assert_eq!(
         client.event()["status"]["model"],
@@ -108,5 +117,8 @@ fn serves_on_an_inherited_socket_and_leaves_its_file() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}\n{}", log());
-    assert!(inherited.exists(), "the daemon removed systemd's socket file");
+    assert!(
+        inherited.exists(),
+        "the daemon removed systemd's socket file"
+    );
 }

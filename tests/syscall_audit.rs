@@ -50,7 +50,10 @@ fn expand(item: &str, out: &mut BTreeSet<String>) {
         .args(["syscall-filter", "--no-pager", item])
         .output()
         .unwrap();
-    assert!(listing.status.success(), "systemd-analyze syscall-filter {item}");
+    assert!(
+        listing.status.success(),
+        "systemd-analyze syscall-filter {item}"
+    );
     let text = String::from_utf8(listing.stdout).unwrap();
     let members: Vec<&str> = text
         .lines()
@@ -83,7 +86,10 @@ fn allowed_by_unit(unit: &str) -> BTreeSet<String> {
         }
         match allowed.as_mut() {
             None => {
-                assert!(!deny, "the first SystemCallFilter= line should be an allow list");
+                assert!(
+                    !deny,
+                    "the first SystemCallFilter= line should be an allow list"
+                );
                 expand("@default", &mut set);
                 allowed = Some(set);
             }
@@ -155,7 +161,14 @@ impl Broker {
     /// `mosquitto_sub` for `count` messages on `topic`, started now.
     fn subscribe(&self, topic: &str, count: usize) -> Child {
         Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "mqttv5"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-V",
+                "mqttv5",
+            ])
             .args(["-t", topic, "-C", &count.to_string(), "-W", "60"])
             .stdout(Stdio::piped())
             .spawn()
@@ -224,7 +237,14 @@ fn trace_serve(dir: &Path, broker: &Broker) -> PathBuf {
     let reply = broker.subscribe("bitnetd/reply/audit", 1);
     std::thread::sleep(Duration::from_millis(300)); // the subscription is in place
     let published = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-V", "mqttv5"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-V",
+            "mqttv5",
+        ])
         .args(["-t", "bitnetd/audit/request", "-q", "1"])
         .args(["-D", "publish", "response-topic", "bitnetd/reply/audit"])
         .args(["-m", r#"{"id":"mqtt","prompt":"Hi","max_tokens":4}"#])
@@ -310,4 +330,18 @@ fn the_unit_allows_every_syscall_the_daemon_makes() {
         forbidden.is_empty(),
         "the unit's SystemCallFilter= would refuse {forbidden:?} (EPERM); used: {used:?}"
     );
+}
+
+#[test]
+fn the_filter_is_read_in_systemds_order() {
+    if !have("systemd-analyze") {
+        println!("SKIPPED: systemd-analyze is not installed (.ci/run installs it)");
+        return;
+    }
+    let denied = "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources\n";
+    let allowed = allowed_by_unit(denied);
+    assert!(allowed.contains("read") && allowed.contains("clone3"));
+    assert!(!allowed.contains("sched_setaffinity") && !allowed.contains("fchown"));
+    let readded = allowed_by_unit(&format!("{denied}SystemCallFilter=sched_setaffinity\n"));
+    assert!(readded.contains("sched_setaffinity") && !readded.contains("fchown"));
 }

@@ -19,10 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use super::{ServerInfo, activation};
 use super::protocol::{self, Command, ErrorCode, Event, Incoming, Status};
 use super::queue::{CancelToken, Job, Queue, SubmitError};
 use super::shutdown::Shutdown;
+use super::{ServerInfo, activation};
 use crate::config::Config;
 
 /// Events waiting to be written, per connection; beyond this, reading stops.
@@ -325,7 +325,9 @@ pub fn bind(config: &Config) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(inherited) = activation::inherited_listener().context("LISTEN_FDS")? {
         inherited.set_nonblocking(true)?;
-        log::info!("listening on the socket passed by systemd (socket.path, mode and group are the socket unit's)");
+        log::info!(
+            "listening on the socket passed by systemd (socket.path, mode and group are the socket unit's)"
+        );
         return Ok(UnixListener::from_std(inherited)?);
     }
     let path = &config.socket.path;
