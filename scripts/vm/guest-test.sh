@@ -87,6 +87,22 @@ if journalctl -u bitnetd.service --no-pager -o cat | grep -qi 'operation not per
     fail "the daemon hit EPERM under the unit: $(journalctl -u bitnetd.service -o cat | grep -i 'operation not permitted' | head -3)"
 fi
 
+# Pinning (the power policy's sched_setaffinity) under the unit's own system-call filter, as
+# the bitnetd user: `run --cores 0` warns "could not pin" if the filter refuses it.
+set --
+while IFS= read -r line; do
+    set -- "$@" -p "$line"
+done <<EOF
+$(grep -E '^(SystemCallFilter|SystemCallErrorNumber|SystemCallArchitectures)=' /usr/lib/systemd/system/bitnetd.service)
+EOF
+pinned=$(systemd-run --wait --pipe --quiet -p User=bitnetd "$@" -E RUST_LOG=info \
+    bitnetd run -m /var/lib/bitnetd/models/model.gguf -t 2 --cores 0 -n 4 --temp 0 -p Hi 2>&1) \
+    || fail "run --cores 0 under the unit's filter: $pinned"
+if echo "$pinned" | grep -q 'could not pin'; then
+    fail "pinning refused under the unit's filter: $pinned"
+fi
+say "run --cores 0 under the unit's filter ($(($# / 2)) lines) pinned without a warning"
+
 # A clean stop: exit 0, offline status retained, no failed units, the socket left listening.
 t=$(date +%s)
 systemctl stop bitnetd.service || fail "systemctl stop"
