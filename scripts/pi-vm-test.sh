@@ -87,7 +87,11 @@ build_base() {
     log "debootstrap's second stage under qemu-aarch64 (proot): takes a while"
     local t0=$SECONDS
     "${guest[@]}" /debootstrap/debootstrap --second-stage >>"$cache/debootstrap.log" 2>&1 \
-        || die "second stage: see $cache/debootstrap.log and $stage/debootstrap/debootstrap.log"
+        || log "the second stage stopped (proot aborts in systemd's postinst): dpkg finishes it"
+    cp scripts/vm/guest-finish.sh "$stage/finish.sh"
+    "${guest[@]}" /bin/sh /finish.sh >>"$cache/debootstrap.log" 2>&1 \
+        || die "finishing the second stage: see $cache/debootstrap.log"
+    rm -rf "$stage/finish.sh" "$stage/host-rootfs"
     log "second stage took $((SECONDS - t0)) s"
 
     mkdir -p "$x"
@@ -130,7 +134,7 @@ build_base() {
 ((prepare_only)) && { log "root file system ready: $base"; exit 0; }
 
 if [[ -z $deb ]]; then
-    deb=$(ls -t target/aarch64-unknown-linux-gnu/debian/bitnetd_*_arm64.deb 2>/dev/null | head -1 || true)
+    deb=$(ls -t target/debian/bitnetd_*_arm64.deb 2>/dev/null | head -1 || true)
 fi
 [[ -f $deb ]] || die "no arm64 .deb: run scripts/package.sh first or pass --deb"
 [[ -f $model ]] || die "no model at $model: pass --model (a GGUF, e.g. from bitnetd gen-dummy)"

@@ -6,6 +6,7 @@ set -e
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 depmod "$1"
 echo bitnetd-vm >/etc/hostname
+printf '127.0.0.1 localhost\n127.0.1.1 bitnetd-vm\n::1 localhost ip6-localhost ip6-loopback\n' >/etc/hosts
 printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' >/etc/fstab
 # A console login without a password, for looking around by hand.
 passwd -d root

@@ -11,6 +11,8 @@ say() { echo "VMTEST $(($(date +%s) - START))s: $*"; }
 fail() {
     say "FAILED: $*"
     journalctl -u bitnetd.service -u bitnetd.socket --no-pager | tail -40 | sed 's/^/VMTEST journal: /'
+    systemctl status --no-pager bitnetd.socket bitnetd.service 2>&1 | sed 's/^/VMTEST status: /'
+    sed 's/^/VMTEST dpkg: /' /tmp/dpkg.log
     echo "VMTEST RESULT FAIL"
     exit 1
 }
@@ -67,15 +69,15 @@ say "bob (not in the group) was refused"
 
 # MQTT through the guest's own mosquitto (Debian's package, listening on localhost).
 wait_for 30 systemctl is-active mosquitto.service || fail "mosquitto is not running"
-status=$(mosquitto_sub -V mqttv5 -t 'bitnetd/+/status' -C 1 -W 60 -v) || fail "no retained status"
+status=$(mosquitto_sub -h 127.0.0.1 -V mqttv5 -t 'bitnetd/+/status' -C 1 -W 60 -v 2>&1) || fail "no retained status: $status"
 topic=${status%% *}
 node=${topic#bitnetd/}
 node=${node%/status}
 say "retained status on $topic: $(echo "${status#* }" | cut -c1-80)"
-mosquitto_sub -V mqttv5 -t bitnetd/reply/vm -C 100 -W 300 >/tmp/replies &
+mosquitto_sub -h 127.0.0.1 -V mqttv5 -t bitnetd/reply/vm -C 100 -W 300 >/tmp/replies &
 sub=$!
 sleep 1
-mosquitto_pub -V mqttv5 -q 1 -t "bitnetd/$node/request" -D publish response-topic bitnetd/reply/vm \
+mosquitto_pub -h 127.0.0.1 -V mqttv5 -q 1 -t "bitnetd/$node/request" -D publish response-topic bitnetd/reply/vm \
     -m '{"id":"vm-mqtt","prompt":"Hi","max_tokens":8,"temperature":0}' || fail "mosquitto_pub"
 wait_for 300 grep -q '"done":true' /tmp/replies || fail "no final MQTT reply: $(cat /tmp/replies)"
 kill $sub 2>/dev/null
@@ -108,7 +110,7 @@ t=$(date +%s)
 systemctl stop bitnetd.service || fail "systemctl stop"
 say "stopped in $(($(date +%s) - t)) s: result $(systemctl show -p Result --value bitnetd.service), exit status $(systemctl show -p ExecMainStatus --value bitnetd.service)"
 [ "$(systemctl show -p Result --value bitnetd.service)" = success ] || fail "unclean stop"
-offline=$(mosquitto_sub -V mqttv5 -t "bitnetd/$node/status" -C 1 -W 30) || fail "no status after stop"
+offline=$(mosquitto_sub -h 127.0.0.1 -V mqttv5 -t "bitnetd/$node/status" -C 1 -W 30) || fail "no status after stop"
 echo "$offline" | grep -q '"offline"' || fail "retained status after stop: $offline"
 say "retained status after stop: $offline"
 systemctl is-failed --quiet bitnetd.service bitnetd.socket && fail "a bitnetd unit is failed"
