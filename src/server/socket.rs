@@ -323,7 +323,9 @@ async fn read_line(
 pub fn bind(config: &Config) -> anyhow::Result<UnixListener> {
     use anyhow::{Context, bail};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(inherited) = activation::inherited_listener().context("LISTEN_FDS")? {
+    if let Some(inherited) =
+        activation::inherited_listener().context("taking the socket systemd passed (LISTEN_FDS)")?
+    {
         inherited.set_nonblocking(true)?;
         log::info!(
             "listening on the socket passed by systemd (socket.path, mode and group are the socket unit's)"
