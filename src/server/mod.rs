@@ -12,6 +12,7 @@
 //! and MQTT to publish offline and disconnect (at most [`DRAIN_TIMEOUT`]), remove the socket
 //! file.
 
+pub mod activation;
 pub mod mqtt;
 pub mod protocol;
 pub mod queue;

@@ -19,10 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use super::ServerInfo;
 use super::protocol::{self, Command, ErrorCode, Event, Incoming, Status};
 use super::queue::{CancelToken, Job, Queue, SubmitError};
 use super::shutdown::Shutdown;
+use super::{ServerInfo, activation};
 use crate::config::Config;
 
 /// Events waiting to be written, per connection; beyond this, reading stops.
@@ -318,10 +318,20 @@ async fn read_line(
 }
 
 /// Binds the socket: an old socket file is replaced unless a daemon still answers on it;
-/// then the file gets its configured mode and group.
+/// then the file gets its configured mode and group. A socket passed by systemd is used as
+/// it is (see [`activation`]).
 pub fn bind(config: &Config) -> anyhow::Result<UnixListener> {
     use anyhow::{Context, bail};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(inherited) =
+        activation::inherited_listener().context("taking the socket systemd passed (LISTEN_FDS)")?
+    {
+        inherited.set_nonblocking(true)?;
+        log::info!(
+            "listening on the socket passed by systemd (socket.path, mode and group are the socket unit's)"
+        );
+        return Ok(UnixListener::from_std(inherited)?);
+    }
     let path = &config.socket.path;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -368,8 +378,11 @@ fn group_id(name: &str, group_file: &Path) -> anyhow::Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("no group {name:?} in {}", group_file.display()))
 }
 
-/// Removes the socket file at exit.
+/// Removes the socket file at exit, unless systemd owns it.
 pub fn remove(path: &PathBuf) {
+    if activation::is_inherited() {
+        return;
+    }
     if let Err(e) = std::fs::remove_file(path) {
         log::warn!("removing {}: {e}", path.display());
     }

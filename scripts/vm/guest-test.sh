@@ -1,0 +1,121 @@
+#!/bin/sh
+# Runs inside the arm64 Debian guest of scripts/pi-vm-test.sh, as root, from the payload disk
+# mounted on /payload (the .deb, a model, this script). Prints "VMTEST ..." lines on the
+# console; the host reads them. The last line is "VMTEST RESULT PASS" or "VMTEST RESULT FAIL".
+set -u
+P=/payload
+SOCK=/run/bitnetd/bitnetd.sock
+START=$(date +%s)
+
+say() { echo "VMTEST $(($(date +%s) - START))s: $*"; }
+fail() {
+    say "FAILED: $*"
+    journalctl -u bitnetd.service -u bitnetd.socket --no-pager | tail -40 | sed 's/^/VMTEST journal: /'
+    systemctl status --no-pager bitnetd.socket bitnetd.service 2>&1 | sed 's/^/VMTEST status: /'
+    sed 's/^/VMTEST dpkg: /' /tmp/dpkg.log
+    echo "VMTEST RESULT FAIL"
+    exit 1
+}
+# Waits up to $1 seconds for the command in the remaining arguments to succeed.
+wait_for() {
+    limit=$1
+    shift
+    i=0
+    until "$@" >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ "$i" -le "$limit" ] || return 1
+        sleep 1
+    done
+}
+
+say "kernel $(uname -r) on $(tr -d '\0' </proc/device-tree/cpus/cpu@0/compatible 2>/dev/null), $(nproc) CPUs, PID 1 is $(cat /proc/1/comm)"
+
+dpkg -i "$P/bitnetd_arm64.deb" >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; fail "dpkg -i"; }
+say "installed $(dpkg-query -W -f '${Package} ${Version} ${Architecture}' bitnetd)"
+for unit in bitnetd.service bitnetd.socket; do
+    [ "$(systemctl is-enabled "$unit")" = enabled ] || fail "$unit is not enabled after install"
+done
+getent passwd bitnetd >/dev/null || fail "no bitnetd user (sysusers.d)"
+getent group bitnetd >/dev/null || fail "no bitnetd group (sysusers.d)"
+[ -d /var/lib/bitnetd/models ] || fail "no /var/lib/bitnetd/models (tmpfiles.d)"
+dpkg-query -W -f '${Conffiles}\n' bitnetd | grep -q /etc/bitnetd/bitnetd.toml || fail "bitnetd.toml is not a conffile"
+[ -S $SOCK ] || fail "bitnetd.socket did not make $SOCK"
+say "socket $(stat -c '%A %U:%G' $SOCK), directory $(stat -c '%A %U:%G' /run/bitnetd)"
+[ "$(stat -c '%a %G' $SOCK)" = "660 bitnetd" ] || fail "socket mode or group"
+# With no model, what the daemon does is the packaged config's business: say what it did.
+sleep 5
+say "without a model: service $(systemctl is-active bitnetd.service): $(journalctl -u bitnetd.service --no-pager -o cat | grep -v '^Started\|^Starting' | tail -1)"
+
+# A model and a configuration, then a clean start.
+cp "$P/model.gguf" /var/lib/bitnetd/models/model.gguf
+sed -i -e 's|^model = .*|model = "/var/lib/bitnetd/models/model.gguf"|' \
+    -e 's|^host = ""|host = "127.0.0.1"|' /etc/bitnetd/bitnetd.toml
+systemctl reset-failed bitnetd.service 2>/dev/null
+t=$(date +%s)
+systemctl restart bitnetd.service || fail "systemctl restart"
+say "READY after $(($(date +%s) - t)) s: $(systemctl show -p StatusText --value bitnetd.service)"
+[ "$(systemctl is-active bitnetd.service)" = active ] || fail "not active"
+
+# The socket, as a member of the group and as a user who is not.
+useradd -m -G bitnetd alice
+useradd -m bob
+answer=$(runuser -u alice -- timeout 300 bitnetd ask --socket $SOCK -n 8 --temp 0 "Hello") \
+    || fail "bitnetd ask as a member of group bitnetd"
+say "alice (group bitnetd) asked over the socket: $(printf '%s' "$answer" | tr '\n' ' ')"
+if runuser -u bob -- timeout 30 bitnetd ask --socket $SOCK -n 2 "Hello" >/dev/null 2>&1; then
+    fail "bob (not in group bitnetd) could use the socket"
+fi
+say "bob (not in the group) was refused"
+
+# MQTT through the guest's own mosquitto (Debian's package, listening on localhost).
+wait_for 30 systemctl is-active mosquitto.service || fail "mosquitto is not running"
+status=$(mosquitto_sub -h 127.0.0.1 -V mqttv5 -t 'bitnetd/+/status' -C 1 -W 60 -v 2>&1) || fail "no retained status: $status"
+topic=${status%% *}
+node=${topic#bitnetd/}
+node=${node%/status}
+say "retained status on $topic: $(echo "${status#* }" | cut -c1-80)"
+mosquitto_sub -h 127.0.0.1 -V mqttv5 -t bitnetd/reply/vm -C 100 -W 300 >/tmp/replies &
+sub=$!
+sleep 1
+mosquitto_pub -h 127.0.0.1 -V mqttv5 -q 1 -t "bitnetd/$node/request" -D publish response-topic bitnetd/reply/vm \
+    -m '{"id":"vm-mqtt","prompt":"Hi","max_tokens":8,"temperature":0}' || fail "mosquitto_pub"
+wait_for 300 grep -q '"done":true' /tmp/replies || fail "no final MQTT reply: $(cat /tmp/replies)"
+kill $sub 2>/dev/null
+say "MQTT reply: $(grep '"done":true' /tmp/replies | cut -c1-120)"
+journalctl -u bitnetd.service --no-pager -o cat | grep -q 'request vm-mqtt via' \
+    || fail "no request line in journalctl -u bitnetd"
+say "journal: $(journalctl -u bitnetd.service --no-pager -o cat | grep 'request vm-mqtt via' | tail -1)"
+if journalctl -u bitnetd.service --no-pager -o cat | grep -qi 'operation not permitted'; then
+    fail "the daemon hit EPERM under the unit: $(journalctl -u bitnetd.service -o cat | grep -i 'operation not permitted' | head -3)"
+fi
+
+# Pinning (the power policy's sched_setaffinity) under the unit's own system-call filter, as
+# the bitnetd user: `run --cores 0` warns "could not pin" if the filter refuses it.
+set --
+while IFS= read -r line; do
+    set -- "$@" -p "$line"
+done <<EOF
+$(grep -E '^(SystemCallFilter|SystemCallErrorNumber|SystemCallArchitectures)=' /usr/lib/systemd/system/bitnetd.service)
+EOF
+pinned=$(systemd-run --wait --pipe --quiet -p User=bitnetd "$@" -E RUST_LOG=info \
+    bitnetd run -m /var/lib/bitnetd/models/model.gguf -t 2 --cores 0 -n 4 --temp 0 -p Hi 2>&1) \
+    || fail "run --cores 0 under the unit's filter: $pinned"
+if echo "$pinned" | grep -q 'could not pin'; then
+    fail "pinning refused under the unit's filter: $pinned"
+fi
+say "run --cores 0 under the unit's filter ($(($# / 2)) lines) pinned without a warning"
+
+# A clean stop: exit 0, offline status retained, no failed units, the socket left listening.
+t=$(date +%s)
+systemctl stop bitnetd.service || fail "systemctl stop"
+say "stopped in $(($(date +%s) - t)) s: result $(systemctl show -p Result --value bitnetd.service), exit status $(systemctl show -p ExecMainStatus --value bitnetd.service)"
+[ "$(systemctl show -p Result --value bitnetd.service)" = success ] || fail "unclean stop"
+offline=$(mosquitto_sub -h 127.0.0.1 -V mqttv5 -t "bitnetd/$node/status" -C 1 -W 30) || fail "no status after stop"
+echo "$offline" | grep -q '"offline"' || fail "retained status after stop: $offline"
+say "retained status after stop: $offline"
+systemctl is-failed --quiet bitnetd.service bitnetd.socket && fail "a bitnetd unit is failed"
+[ -S $SOCK ] || fail "the socket file went away with the daemon"
+failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ' ')
+say "failed units on the guest: ${failed:-none}"
+say "exposure: $(systemd-analyze security bitnetd.service 2>/dev/null | tail -1)"
+echo "VMTEST RESULT PASS"
