@@ -8,19 +8,32 @@
 //!
 //! The session is persistent (fixed client id, no clean start, a session expiry on MQTT 5), so
 //! QoS 1 requests published while the daemon was away wait at the broker and are answered
-//! after it reconnects. Messages are acknowledged once handled, not on arrival.
+//! after it reconnects. Messages are acknowledged once handled (queued or refused), not on
+//! arrival: the broker's in-flight window (MQTT 5: [`link::RECEIVE_MAXIMUM`]) then bounds what
+//! it sends ahead. The channel to the dispatcher is bounded; QoS 0 messages that find it
+//! nearly full are dropped and counted.
+//!
+//! Hostile input: every topic the daemon publishes to is checked first ([`topic`]), replies
+//! go only below `mqtt.reply_prefixes`, retained requests are ignored, and incoming packets
+//! are limited to `limits.max_line_bytes` plus room for the header.
 
 mod dispatch;
 mod link;
-mod wire;
+mod state;
+mod throttle;
+pub mod topic;
+pub mod wire;
 
-use std::path::Path;
+pub use state::{MqttState, MqttStatus};
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 
 use super::ServerInfo;
@@ -29,9 +42,18 @@ use super::shutdown::Shutdown;
 use crate::config::Config;
 use dispatch::Dispatcher;
 use link::{Client, EventLoop, Notice, Settings};
+use throttle::{LogBudget, suppressed_note};
+use topic::ReplyPolicy;
 
 /// The first wait before reconnecting; it doubles up to `mqtt.reconnect_max_s`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Room in the channel to the dispatcher for messages that are acknowledged once handled:
+/// more than any broker's usual in-flight window, so that they always fit.
+const ACKED_SLOTS: usize = 256;
+/// Room for QoS 0 messages on top: past it they are dropped.
+const AT_MOST_ONCE_SLOTS: usize = 32;
+/// A connection that keeps failing is logged once per this long (and at the first failure).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// The running transport, kept by the server for shutdown.
 pub struct Mqtt {
@@ -57,8 +79,8 @@ struct Shared {
     info: Arc<ServerInfo>,
     /// For the status counters (not for submitting).
     queue: Queue,
-    /// Whether the connection is up: status is only published then.
-    connected: AtomicBool,
+    /// Whether the connection is up (status is only published then), and how it went.
+    state: Arc<MqttState>,
 }
 
 impl Shared {
@@ -77,15 +99,35 @@ pub fn start(
     shutdown: Shutdown,
 ) -> anyhow::Result<Mqtt> {
     let m = &config.mqtt;
-    let node = m.node_name();
+    let node = m
+        .node_name()
+        .map_err(|e| anyhow::anyhow!("mqtt.node: {e}"))?;
     let base = &m.base_topic;
-    let mut filters = vec![format!("{base}/{node}/request")];
+    let own_request = format!("{base}/{node}/request");
+    let mut filters = vec![own_request.clone()];
     if !m.group.is_empty() {
         filters.push(format!("$share/{}/{base}/request", m.group));
     }
     let status_topic = format!("{base}/{node}/status");
+    for t in [&own_request, &status_topic] {
+        topic::check_name(t, m.max_topic_bytes)
+            .with_context(|| format!("mqtt.base_topic and mqtt.node make the topic {t:?}"))?;
+    }
+    let policy = ReplyPolicy::new(
+        &m.reply_prefixes(),
+        vec![own_request, format!("{base}/request"), status_topic.clone()],
+        m.max_topic_bytes,
+    );
     let settings = settings(&config, &node, &status_topic)?;
+    if password_in_clear(&settings) {
+        log::warn!(
+            "mqtt: the password goes to {} without TLS: anyone on the network path can read \
+             it; set mqtt.tls_ca to encrypt the connection",
+            settings.host
+        );
+    }
     let (client, eventloop) = link::new(&settings);
+    let state = info.mqtt.clone().unwrap_or_default();
     let shared = Arc::new(Shared {
         node,
         broker: format!("{}:{}", m.host, m.port),
@@ -93,9 +135,9 @@ pub fn start(
         filters,
         info: info.clone(),
         queue: queue.clone(),
-        connected: AtomicBool::new(false),
+        state,
     });
-    let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+    let (messages_tx, messages_rx) = mpsc::channel(ACKED_SLOTS + AT_MOST_ONCE_SLOTS);
     let (forwarders, forwarders_done) = mpsc::channel(1);
     let backoff = Backoff::new(Duration::from_secs(m.reconnect_max_s));
     let poller = tokio::spawn(poll(
@@ -105,7 +147,14 @@ pub fn start(
         shared.clone(),
         backoff,
     ));
-    let dispatcher = Dispatcher::new(client.clone(), queue, config.clone(), info, forwarders);
+    let dispatcher = Dispatcher::new(
+        client.clone(),
+        queue,
+        config.clone(),
+        info,
+        policy,
+        forwarders,
+    );
     let dispatcher = tokio::spawn(dispatcher.run(messages_rx, shutdown));
     let ticker = (m.status_interval_s > 0).then(|| {
         let every = Duration::from_secs(m.status_interval_s);
@@ -135,7 +184,7 @@ impl Mqtt {
         if let Some(t) = &self.ticker {
             t.abort();
         }
-        if !self.shared.connected.load(Ordering::Relaxed) {
+        if !self.shared.state.is_connected() {
             // The broker is away: it has published the last will already.
             self.poller.abort();
             return;
@@ -155,9 +204,10 @@ impl Mqtt {
 
 /// Drives the connection: reconnects with backoff, subscribes and says online after each
 /// connect, and hands messages to the dispatcher. Ends once DISCONNECT went out.
+/// Never waits for the dispatcher: the dispatcher's publishes need this loop to move.
 async fn poll(
     mut eventloop: EventLoop,
-    messages: mpsc::UnboundedSender<Box<link::Message>>,
+    messages: mpsc::Sender<Box<link::Message>>,
     client: Client,
     shared: Arc<Shared>,
     mut backoff: Backoff,
@@ -166,10 +216,12 @@ async fn poll(
     // Since when the daemon has been trying to (re)connect, and how often it failed.
     let mut down_since = Instant::now();
     let mut failures = 0u32;
+    let mut failure_log = LogBudget::new(1, FAILURE_LOG_EVERY);
+    let mut overflow_log = LogBudget::new(1, Duration::from_secs(10));
     loop {
         match eventloop.poll().await {
             Ok(Notice::Connected { session_present }) => {
-                shared.connected.store(true, Ordering::Relaxed);
+                shared.state.connected();
                 backoff.reset();
                 log::info!(
                     "mqtt: connected to {broker} as node {} after {:.3} s ({failures} failed \
@@ -178,22 +230,60 @@ async fn poll(
                     down_since.elapsed().as_secs_f64(),
                 );
                 failures = 0;
+                failure_log = LogBudget::new(1, FAILURE_LOG_EVERY);
                 tokio::spawn(on_connect(client.clone(), shared.clone()));
             }
             Ok(Notice::Message(m)) => {
-                // At shutdown nobody takes it: unacknowledged, it stays for the next session.
-                let _ = messages.send(m);
+                let full = m.at_most_once && messages.capacity() <= ACKED_SLOTS;
+                let refused = match full {
+                    true => Some(m),
+                    false => match messages.try_send(m) {
+                        Ok(()) => None,
+                        Err(TrySendError::Full(m)) => Some(m),
+                        // Shutdown: unacknowledged, it stays for the next session.
+                        Err(TrySendError::Closed(_)) => None,
+                    },
+                };
+                if let Some(m) = refused {
+                    shared.state.dropped();
+                    if let Some(n) = overflow_log.take(Instant::now()) {
+                        let what = match m.at_most_once {
+                            true => "dropped a QoS 0 message",
+                            false => "left a message unacknowledged (the broker sends it \
+                                      again in the next session)",
+                        };
+                        log::warn!(
+                            "mqtt: requests arrive faster than they are taken: {what} on {:?}{}",
+                            m.topic,
+                            suppressed_note(n)
+                        );
+                    }
+                }
             }
             Ok(Notice::Disconnected) => return,
             Ok(Notice::Other) => {}
             Err(e) => {
-                if shared.connected.swap(false, Ordering::Relaxed) {
-                    log::warn!("mqtt: connection to {broker} lost: {e}");
-                    down_since = Instant::now();
-                } else if failures == 0 {
-                    log::warn!("mqtt: cannot connect to {broker}: {e}; retrying");
-                } else {
-                    log::debug!("mqtt: connecting to {broker}: {e}");
+                let now = Instant::now();
+                if shared.state.failed(&e.text) {
+                    log::warn!("mqtt: connection to {broker} lost: {}", e.text);
+                    down_since = now;
+                } else if let Some(n) = failure_log.take(now) {
+                    log::warn!(
+                        "mqtt: cannot connect to {broker}: {} ({} failed attempts in {:.0} s{}); \
+                         retrying",
+                        e.text,
+                        failures + 1,
+                        now.duration_since(down_since).as_secs_f64(),
+                        suppressed_note(n)
+                    );
+                }
+                if e.oversize {
+                    log::warn!(
+                        "mqtt: the broker sent a packet above limits.max_line_bytes; the next \
+                         connect starts a new session, so that the broker does not send it again \
+                         (requests waiting at the broker are lost)"
+                    );
+                    eventloop.set_clean_session(true);
                 }
                 failures += 1;
                 tokio::time::sleep(backoff.next()).await;
@@ -219,7 +309,7 @@ async fn report_status(client: Client, shared: Arc<Shared>, every: Duration) {
     tick.tick().await; // the first tick is at once; connecting says online already
     loop {
         tick.tick().await;
-        if shared.connected.load(Ordering::Relaxed) {
+        if shared.state.is_connected() {
             let _ = client
                 .publish(&shared.status_topic, shared.online(), true, None)
                 .await;
@@ -231,8 +321,10 @@ async fn report_status(client: Client, shared: Arc<Shared>, every: Duration) {
 /// file stops the daemon at boot.
 fn settings(config: &Config, node: &str, status_topic: &str) -> anyhow::Result<Settings> {
     let m = &config.mqtt;
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let read = |path: &Path, key: &str| {
-        std::fs::read(path).with_context(|| format!("mqtt.{key}: reading {}", path.display()))
+        let path = secret_path(path, credentials_dir.as_deref());
+        std::fs::read(&path).with_context(|| format!("mqtt.{key}: reading {}", path.display()))
     };
     let credentials = match &m.password_file {
         Some(path) => {
@@ -286,6 +378,24 @@ fn settings(config: &Config, node: &str, status_topic: &str) -> anyhow::Result<S
         will_topic: status_topic.into(),
         will_payload: wire::offline(node),
     })
+}
+
+/// Where a configured secret is: a relative path is taken in systemd's
+/// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`) when there is one.
+fn secret_path(path: &Path, credentials_dir: Option<&Path>) -> PathBuf {
+    match credentials_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+/// Whether a password would cross the network unencrypted (loopback does not count).
+fn password_in_clear(s: &Settings) -> bool {
+    let has_password = s.credentials.as_ref().is_some_and(|(_, p)| !p.is_empty());
+    let host = s.host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    has_password && s.tls.is_none() && !loopback
 }
 
 /// PEM checks at boot, so that a wrong file is reported once, by key, instead of failing
@@ -353,6 +463,38 @@ mod tests {
         }
         b.reset();
         assert!(b.next() < Duration::from_millis(313));
+    }
+
+    #[test]
+    fn secrets_come_from_the_credentials_directory_when_relative() {
+        let dir = Some(Path::new("/run/credentials/bitnetd.service"));
+        assert_eq!(
+            secret_path(Path::new("mqtt-password"), dir),
+            Path::new("/run/credentials/bitnetd.service/mqtt-password")
+        );
+        assert_eq!(
+            secret_path(Path::new("/etc/bitnetd/pw"), dir),
+            Path::new("/etc/bitnetd/pw")
+        );
+        assert_eq!(secret_path(Path::new("pw"), None), Path::new("pw"));
+    }
+
+    #[test]
+    fn a_password_without_tls_is_noticed_unless_on_loopback() {
+        let mut config = Config::default();
+        config.mqtt.host = "broker.lan".into();
+        let mut s = settings(&config, "n", "b/n/status").unwrap();
+        assert!(!password_in_clear(&s), "no credentials");
+        s.credentials = Some(("u".into(), "secret".into()));
+        assert!(password_in_clear(&s));
+        for host in ["127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"] {
+            s.host = host.into();
+            assert!(!password_in_clear(&s), "{host}");
+        }
+        s.host = "10.0.0.2".into();
+        assert!(password_in_clear(&s));
+        s.credentials = Some(("u".into(), String::new()));
+        assert!(!password_in_clear(&s), "a username alone is no secret");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::topic;
 use crate::config::Config;
 use crate::server::protocol::{self, ErrorCode, Event, Incoming, Rejection, Status};
 
@@ -42,13 +43,16 @@ pub fn parse(payload: &[u8], config: &Config) -> (Envelope, Result<Incoming, Rej
     let mut problem = None;
     match object.remove("reply_to") {
         None => {}
-        Some(Value::String(t)) if is_topic_name(&t) => envelope.reply_to = Some(t),
-        Some(_) => problem = Some("reply_to must be a topic name: a string without + or #"),
+        Some(Value::String(t)) => match topic::check_name(&t, config.mqtt.max_topic_bytes) {
+            Ok(()) => envelope.reply_to = Some(t),
+            Err(e) => problem = Some(format!("reply_to: {e}")),
+        },
+        Some(_) => problem = Some("reply_to must be a topic name (a string)".into()),
     }
     match object.remove("correlation_id") {
         None => {}
         Some(v @ (Value::String(_) | Value::Number(_))) => envelope.correlation_id = Some(v),
-        Some(_) => problem = Some("correlation_id must be a string or a number"),
+        Some(_) => problem = Some("correlation_id must be a string or a number".into()),
     }
     if let Some(message) = problem {
         let id = object.get("id").and_then(Value::as_str).map(str::to_owned);
@@ -56,11 +60,6 @@ pub fn parse(payload: &[u8], config: &Config) -> (Envelope, Result<Incoming, Rej
         return (envelope, Err(rejection));
     }
     (envelope, protocol::parse_value(value, config))
-}
-
-/// A topic the daemon may publish to.
-pub fn is_topic_name(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 65535 && !t.contains(['+', '#', '\0'])
 }
 
 /// One reply message: an event with its place in the request's sequence (0, 1, ...; the
@@ -136,9 +135,25 @@ mod tests {
         let r = r.unwrap_err();
         assert_eq!(r.id.as_deref(), Some("a"));
         assert!(r.message.contains("correlation_id"), "{}", r.message);
-        let (env, r) = parsed(r#"{"id":"a","prompt":"hi","reply_to":"x/#"}"#);
-        assert_eq!(env.reply_to, None);
-        assert!(r.unwrap_err().message.contains("reply_to"));
+        for (reply_to, problem) in [
+            ("x/#", "wildcard"),
+            ("x/+/y", "wildcard"),
+            ("x\\u0001", "U+0001"),
+            ("x\\u007f", "U+007F"),
+            ("x\\u0085", "U+0085"),
+            ("x\\ufffe", "U+FFFE"),
+            ("x\\ufdd0", "U+FDD0"),
+            ("x\\u0000", "U+0000"),
+            ("$SYS/x", "$"),
+            ("", "empty"),
+        ] {
+            let payload = format!(r#"{{"id":"a","prompt":"hi","reply_to":"{reply_to}"}}"#);
+            let (env, r) = parsed(&payload);
+            assert_eq!(env.reply_to, None, "{payload}");
+            let message = r.unwrap_err().message;
+            assert!(message.contains("reply_to"), "{message}");
+            assert!(message.contains(problem), "{payload}: {message}");
+        }
         // The socket's rules still hold for the rest.
         let (env, r) = parsed(r#"{"id":"a","prompt":"hi","reply_to":"r","colour":1}"#);
         assert_eq!(env.reply_to.as_deref(), Some("r"));
@@ -190,6 +205,7 @@ mod tests {
             requests: 5,
             tokens_per_s: 1.5,
             uptime_s: 9,
+            mqtt: None,
         };
         let on: Value = serde_json::from_slice(&online("pi1", status)).unwrap();
         assert_eq!(on["state"], "online");
