@@ -263,8 +263,9 @@ impl MqttConfig {
                  would collide): set mqtt.node (or --node) to this board's own name"
             ));
         }
-        topic::check_level(host)
-            .map_err(|e| format!("the host name {host:?} is no topic level ({e}): set mqtt.node"))?;
+        topic::check_level(host).map_err(|e| {
+            format!("the host name {host:?} is no topic level ({e}): set mqtt.node")
+        })?;
         Ok(host.to_owned())
     }
 

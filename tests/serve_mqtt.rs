@@ -471,7 +471,12 @@ fn command_line_flags_turn_mqtt_on_and_name_the_topics() {
     // The default reply prefix follows the base topic.
     peer.subscribe("home/llm/reply/kitchen");
     let req = request("k", "Hi", 2);
-    peer.request5("home/llm/kitchen/request", &req, "home/llm/reply/kitchen", "k");
+    peer.request5(
+        "home/llm/kitchen/request",
+        &req,
+        "home/llm/reply/kitchen",
+        "k",
+    );
     let (chunks, done) = peer.finish("k");
     check_sequence(&chunks, &done);
 }

@@ -319,21 +319,71 @@ impl Peer {
 
     /// Publishes at QoS 1; MQTT 5 properties are ignored by 3.1.1 peers.
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, props: PublishProperties) {
+        self.publish_retain(topic, payload, props, false);
+    }
+
+    /// Publishes at QoS 1 with the retain flag as given.
+    pub fn publish_retain(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        props: PublishProperties,
+        retain: bool,
+    ) {
         let payload = payload.into();
         match &self.handle {
             Handle::V5(c) => c
                 .publish_with_properties(
                     topic,
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    false,
+                    retain,
                     payload,
                     props,
                 )
                 .unwrap(),
             Handle::V4(c) => c
-                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
                 .unwrap(),
         }
+    }
+
+    /// Subscribes and waits up to `limit` for the SUBACK: false when the broker closed the
+    /// connection instead (the broker handles a client's packets in order, so a SUBACK
+    /// also says that every earlier publish was taken).
+    pub fn try_subscribe(&self, filter: &str, limit: Duration) -> bool {
+        let sent = match &self.handle {
+            Handle::V5(c) => c
+                .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .is_ok(),
+            Handle::V4(c) => c.subscribe(filter, rumqttc::QoS::AtLeastOnce).is_ok(),
+        };
+        if !sent {
+            return false;
+        }
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Got::Subscribed) => return true,
+                Ok(Got::Msg(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Every message that arrives within `wait`.
+    pub fn drain(&self, wait: Duration) -> Vec<Msg> {
+        let until = Instant::now() + wait;
+        let mut got = Vec::new();
+        while let Ok(g) = self
+            .rx
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            if let Got::Msg(m) = g {
+                got.push(m);
+            }
+        }
+        got
     }
 
     /// Publishes a request that names its reply topic with MQTT 5 properties.
@@ -398,4 +448,3 @@ pub fn check_sequence(chunks: &[Msg], done: &Msg) -> Value {
     assert_eq!(done.json["text"], text.as_str(), "{done:?}");
     done.json.clone()
 }
-

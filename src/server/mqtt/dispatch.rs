@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;

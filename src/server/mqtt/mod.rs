@@ -249,8 +249,10 @@ async fn poll(
                     if let Some(n) = overflow_log.take(Instant::now()) {
                         let what = match m.at_most_once {
                             true => "dropped a QoS 0 message",
-                            false => "left a message unacknowledged (the broker sends it \
-                                      again in the next session)",
+                            false => {
+                                "left a message unacknowledged (the broker sends it \
+                                      again in the next session)"
+                            }
                         };
                         log::warn!(
                             "mqtt: requests arrive faster than they are taken: {what} on {:?}{}",

@@ -100,10 +100,9 @@ impl MqttState {
             connected: s.connected,
             last_error: s.last_error.clone(),
             reconnects: s.reconnects,
-            down_since: s.down_since.map(|(_, wall)| {
-                wall.duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            }),
+            down_since: s
+                .down_since
+                .map(|(_, wall)| wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
             down_for_s: s.down_since.map(|(at, _)| at.elapsed().as_secs()),
             dropped_messages: s.dropped,
         }

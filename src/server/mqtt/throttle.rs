@@ -27,7 +27,10 @@ impl LogBudget {
     /// `Some(n)` when a line may be written now, `n` being how many were left out since the
     /// last one; `None` when this one is to be left out.
     pub fn take(&mut self, now: Instant) -> Option<u64> {
-        if self.started.is_none_or(|s| now.duration_since(s) >= self.window) {
+        if self
+            .started
+            .is_none_or(|s| now.duration_since(s) >= self.window)
+        {
             self.started = Some(now);
             self.written = 0;
         }

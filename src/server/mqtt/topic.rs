@@ -13,14 +13,24 @@ pub const MAX_TOPIC_BYTES: usize = 65535;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicError {
     Empty,
-    TooLong { len: usize, max: usize },
+    TooLong {
+        len: usize,
+        max: usize,
+    },
     /// A character brokers refuse in a UTF-8 string: U+0000, C0/C1 controls, DEL or a
     /// noncharacter; `at` is its byte offset.
-    BadChar { ch: char, at: usize },
+    BadChar {
+        ch: char,
+        at: usize,
+    },
     /// `+` or `#`: only subscriptions may have them.
-    Wildcard { at: usize },
+    Wildcard {
+        at: usize,
+    },
     /// A `/` in what must be one level.
-    Separator { at: usize },
+    Separator {
+        at: usize,
+    },
     /// `$...` topics belong to the broker (`$SYS/...`).
     Reserved,
     /// Not under any of `mqtt.reply_prefixes`.
@@ -158,7 +168,15 @@ mod tests {
 
     #[test]
     fn names_brokers_refuse_are_refused() {
-        let ok = ["a", "bitnetd/reply/x", "café/ü", "a b", "a//b", "/lead", "€/𝄞"];
+        let ok = [
+            "a",
+            "bitnetd/reply/x",
+            "café/ü",
+            "a b",
+            "a//b",
+            "/lead",
+            "€/𝄞",
+        ];
         for t in ok {
             assert_eq!(check_name(t, MAX_TOPIC_BYTES), Ok(()), "{t:?}");
         }
@@ -166,16 +184,76 @@ mod tests {
             ("", TopicError::Empty),
             ("a\0b", TopicError::BadChar { ch: '\0', at: 1 }),
             ("a\u{1}", TopicError::BadChar { ch: '\u{1}', at: 1 }),
-            ("\u{1f}", TopicError::BadChar { ch: '\u{1f}', at: 0 }),
-            ("a\u{7f}", TopicError::BadChar { ch: '\u{7f}', at: 1 }),
-            ("a\u{85}", TopicError::BadChar { ch: '\u{85}', at: 1 }),
-            ("a\u{9f}", TopicError::BadChar { ch: '\u{9f}', at: 1 }),
-            ("a\u{fffe}", TopicError::BadChar { ch: '\u{fffe}', at: 1 }),
-            ("\u{ffff}", TopicError::BadChar { ch: '\u{ffff}', at: 0 }),
-            ("x\u{fdd0}", TopicError::BadChar { ch: '\u{fdd0}', at: 1 }),
-            ("\u{fdef}", TopicError::BadChar { ch: '\u{fdef}', at: 0 }),
-            ("\u{1fffe}", TopicError::BadChar { ch: '\u{1fffe}', at: 0 }),
-            ("\u{10ffff}", TopicError::BadChar { ch: '\u{10ffff}', at: 0 }),
+            (
+                "\u{1f}",
+                TopicError::BadChar {
+                    ch: '\u{1f}',
+                    at: 0,
+                },
+            ),
+            (
+                "a\u{7f}",
+                TopicError::BadChar {
+                    ch: '\u{7f}',
+                    at: 1,
+                },
+            ),
+            (
+                "a\u{85}",
+                TopicError::BadChar {
+                    ch: '\u{85}',
+                    at: 1,
+                },
+            ),
+            (
+                "a\u{9f}",
+                TopicError::BadChar {
+                    ch: '\u{9f}',
+                    at: 1,
+                },
+            ),
+            (
+                "a\u{fffe}",
+                TopicError::BadChar {
+                    ch: '\u{fffe}',
+                    at: 1,
+                },
+            ),
+            (
+                "\u{ffff}",
+                TopicError::BadChar {
+                    ch: '\u{ffff}',
+                    at: 0,
+                },
+            ),
+            (
+                "x\u{fdd0}",
+                TopicError::BadChar {
+                    ch: '\u{fdd0}',
+                    at: 1,
+                },
+            ),
+            (
+                "\u{fdef}",
+                TopicError::BadChar {
+                    ch: '\u{fdef}',
+                    at: 0,
+                },
+            ),
+            (
+                "\u{1fffe}",
+                TopicError::BadChar {
+                    ch: '\u{1fffe}',
+                    at: 0,
+                },
+            ),
+            (
+                "\u{10ffff}",
+                TopicError::BadChar {
+                    ch: '\u{10ffff}',
+                    at: 0,
+                },
+            ),
             ("a/+/b", TopicError::Wildcard { at: 2 }),
             ("a/#", TopicError::Wildcard { at: 2 }),
             ("$SYS/broker", TopicError::Reserved),
@@ -220,10 +298,7 @@ mod tests {
         }
         assert_eq!(
             p.permit("b/reply/a\u{1}"),
-            Err(TopicError::BadChar {
-                ch: '\u{1}',
-                at: 9
-            })
+            Err(TopicError::BadChar { ch: '\u{1}', at: 9 })
         );
         assert!(p.permit(&format!("b/reply/{}", "x".repeat(100))).is_err());
         // The daemon's own topics stay out even under a wide prefix.

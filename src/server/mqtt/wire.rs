@@ -62,6 +62,55 @@ pub fn parse(payload: &[u8], config: &Config) -> (Envelope, Result<Incoming, Rej
     (envelope, protocol::parse_value(value, config))
 }
 
+/// The fuzz target's body (also replayed by the tests): `data` is a reply topic, a newline
+/// and a payload. Panics when a topic check lets through what a broker refuses, or when
+/// parsing breaks its promises.
+pub fn fuzz_one(data: &[u8], config: &Config) {
+    let (topic_bytes, payload) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&[][..], data),
+    };
+    if let Ok(t) = std::str::from_utf8(topic_bytes) {
+        let max = config.mqtt.max_topic_bytes;
+        if topic::check_name(t, max).is_ok() {
+            assert_broker_accepts(t, max);
+        }
+        let policy = topic::ReplyPolicy::new(&config.mqtt.reply_prefixes(), Vec::new(), max);
+        if policy.permit(t).is_ok() {
+            assert_broker_accepts(t, max);
+            assert!(t.starts_with(&format!("{}/reply/", config.mqtt.base_topic)));
+        }
+    }
+    let (envelope, parsed) = parse(payload, config);
+    if let Some(t) = &envelope.reply_to {
+        assert_broker_accepts(t, config.mqtt.max_topic_bytes);
+    }
+    if let Err(rejection) = parsed {
+        assert!(!rejection.message.is_empty());
+        let line = reply(&rejection.event(), 0, envelope.correlation_id.as_ref());
+        assert!(!line.contains(&b'\n'), "a reply is one line");
+        assert!(std::str::from_utf8(&line).is_ok());
+    }
+}
+
+/// The rules of MQTT 5 §1.5.4 and §4.7.3 for a PUBLISH topic, written out independently
+/// of [`topic::check_name`].
+fn assert_broker_accepts(t: &str, max: usize) {
+    assert!(!t.is_empty() && t.len() <= max, "{t:?}");
+    assert!(
+        !t.starts_with('$') && !t.contains('+') && !t.contains('#'),
+        "{t:?}"
+    );
+    for c in t.chars() {
+        let n = c as u32;
+        assert!(n > 0x1F && !(0x7F..=0x9F).contains(&n), "{t:?}");
+        assert!(
+            !(0xFDD0..=0xFDEF).contains(&n) && n & 0xFFFF < 0xFFFE,
+            "{t:?}"
+        );
+    }
+}
+
 /// One reply message: an event with its place in the request's sequence (0, 1, ...; the
 /// final event has the highest) and the request's correlation id.
 #[derive(Serialize)]
