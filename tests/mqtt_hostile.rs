@@ -462,7 +462,20 @@ fn wrong_broker_credentials_show_in_status_and_health() {
 #[test]
 fn the_node_name_is_the_host_name_and_generic_names_are_refused() {
     let broker = Broker::start();
-    let host = rustix_hostname();
+    let host = host_name();
+    if [
+        "localhost",
+        "localhost.localdomain",
+        "(none)",
+        "raspberrypi",
+        "debian",
+        "bitnetd",
+    ]
+    .contains(&host.as_str())
+    {
+        println!("SKIPPED node name from the host name: this machine is called {host:?}");
+        return;
+    }
     let peer = Peer::v5(broker.side_port, "node-watch");
     peer.subscribe(&format!("bitnetd/{host}/status"));
     let mqtt = format!(
@@ -511,8 +524,8 @@ fn the_node_name_is_the_host_name_and_generic_names_are_refused() {
     );
 }
 
-/// This machine's host name as gethostname(2) gives it.
-fn rustix_hostname() -> String {
+/// This machine's host name, as `hostname` (gethostname(2)) gives it.
+fn host_name() -> String {
     let out = Command::new("hostname").output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
