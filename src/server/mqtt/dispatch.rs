@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::Backlog;
 use super::link::{Client, Message};
 use super::throttle::{LogBudget, suppressed_note};
 use super::topic::ReplyPolicy;
@@ -87,13 +88,19 @@ impl Dispatcher {
     /// Handles messages until shutdown. A message is acknowledged once handled (queued or
     /// answered), so that one that arrives during shutdown stays with the broker for the
     /// next session.
-    pub async fn run(self, mut messages: mpsc::Receiver<Box<Message>>, mut shutdown: Shutdown) {
+    pub async fn run(
+        self,
+        mut messages: mpsc::Receiver<Box<Message>>,
+        backlog: Arc<Backlog>,
+        mut shutdown: Shutdown,
+    ) {
         loop {
             let message = tokio::select! {
                 m = messages.recv() => m,
                 _ = shutdown.recv() => None,
             };
             let Some(message) = message else { return };
+            backlog.take(message.payload.len());
             if message.retain {
                 // A retained request would run again at every connect: refused for good.
                 self.log_refusal(format_args!(

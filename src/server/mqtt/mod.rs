@@ -29,6 +29,7 @@ pub use state::{MqttState, MqttStatus};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -47,11 +48,16 @@ use topic::ReplyPolicy;
 
 /// The first wait before reconnecting; it doubles up to `mqtt.reconnect_max_s`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// Room in the channel to the dispatcher for messages that are acknowledged once handled:
-/// more than any broker's usual in-flight window, so that they always fit.
-const ACKED_SLOTS: usize = 256;
-/// Room for QoS 0 messages on top: past it they are dropped.
+/// Room in the channel to the dispatcher for messages that are acknowledged once handled.
+/// The broker's in-flight window should keep them few, but mosquitto 2.0.11 was seen sending
+/// hundreds past a receive maximum of 32 during a burst: room for far more, bounded in bytes
+/// by [`BACKLOG_BYTES`].
+const ACKED_SLOTS: usize = 4096;
+/// Room for QoS 0 messages: they are dropped while this many messages wait.
 const AT_MOST_ONCE_SLOTS: usize = 32;
+/// Payload bytes that may wait in the channel; past it QoS 1/2 messages stay
+/// unacknowledged (the broker sends them again in the next session).
+const BACKLOG_BYTES: usize = 8 << 20;
 /// A connection that keeps failing is logged once per this long (and at the first failure).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -81,6 +87,8 @@ struct Shared {
     queue: Queue,
     /// Whether the connection is up (status is only published then), and how it went.
     state: Arc<MqttState>,
+    /// What waits for the dispatcher.
+    backlog: Arc<Backlog>,
 }
 
 impl Shared {
@@ -136,6 +144,7 @@ pub fn start(
         info: info.clone(),
         queue: queue.clone(),
         state,
+        backlog: Arc::new(Backlog::default()),
     });
     let (messages_tx, messages_rx) = mpsc::channel(ACKED_SLOTS + AT_MOST_ONCE_SLOTS);
     let (forwarders, forwarders_done) = mpsc::channel(1);
@@ -155,7 +164,7 @@ pub fn start(
         policy,
         forwarders,
     );
-    let dispatcher = tokio::spawn(dispatcher.run(messages_rx, shutdown));
+    let dispatcher = tokio::spawn(dispatcher.run(messages_rx, shared.backlog.clone(), shutdown));
     let ticker = (m.status_interval_s > 0).then(|| {
         let every = Duration::from_secs(m.status_interval_s);
         tokio::spawn(report_status(client.clone(), shared.clone(), every))
@@ -213,6 +222,7 @@ async fn poll(
     mut backoff: Backoff,
 ) {
     let broker = &shared.broker;
+    let backlog = &shared.backlog;
     // Since when the daemon has been trying to (re)connect, and how often it failed.
     let mut down_since = Instant::now();
     let mut failures = 0u32;
@@ -234,12 +244,22 @@ async fn poll(
                 tokio::spawn(on_connect(client.clone(), shared.clone()));
             }
             Ok(Notice::Message(m)) => {
-                let full = m.at_most_once && messages.capacity() <= ACKED_SLOTS;
+                let waiting = ACKED_SLOTS + AT_MOST_ONCE_SLOTS - messages.capacity();
+                let full = match m.at_most_once {
+                    true => waiting >= AT_MOST_ONCE_SLOTS,
+                    false => backlog.bytes() + m.payload.len() > BACKLOG_BYTES,
+                };
+                if !full {
+                    backlog.add(m.payload.len());
+                }
                 let refused = match full {
                     true => Some(m),
                     false => match messages.try_send(m) {
                         Ok(()) => None,
-                        Err(TrySendError::Full(m)) => Some(m),
+                        Err(TrySendError::Full(m)) => {
+                            backlog.take(m.payload.len());
+                            Some(m)
+                        }
                         // Shutdown: unacknowledged, it stays for the next session.
                         Err(TrySendError::Closed(_)) => None,
                     },
@@ -415,6 +435,25 @@ mod pem {
     pub fn check_key(pem: &[u8]) -> anyhow::Result<()> {
         PrivateKeyDer::from_pem_slice(pem)?;
         Ok(())
+    }
+}
+
+/// Payload bytes in the channel to the dispatcher.
+#[derive(Default)]
+pub(crate) struct Backlog(AtomicUsize);
+
+impl Backlog {
+    fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The dispatcher took a message of `n` bytes.
+    pub(crate) fn take(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
