@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::sampler::SamplerConfig;
+use crate::server::mqtt::topic::{self, MAX_TOPIC_BYTES};
 
 /// Where `bitnetd serve` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/bitnetd/bitnetd.toml";
@@ -181,7 +182,9 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Empty: connect without credentials.
     pub username: String,
-    /// A file holding the password (trailing newline ignored), kept out of the config.
+    /// A file holding the password (trailing newline ignored), kept out of the config. This
+    /// and the TLS files: a relative path is taken in `$CREDENTIALS_DIRECTORY` when systemd
+    /// sets it (`LoadCredential=`).
     pub password_file: Option<PathBuf>,
     /// CA certificates (PEM) of the broker: setting it turns TLS on.
     pub tls_ca: Option<PathBuf>,
@@ -205,6 +208,11 @@ pub struct MqttConfig {
     pub session_expiry_s: u32,
     /// Longest wait between two reconnect attempts (the wait doubles from 250 ms up to it).
     pub reconnect_max_s: u64,
+    /// Replies go only to topics below one of these (`a/b/` or `a/b`: below a/b); unset:
+    /// `<base_topic>/reply/`.
+    pub reply_prefixes: Option<Vec<String>>,
+    /// Longest topic the daemon publishes to, in bytes (MQTT's own limit is 65535).
+    pub max_topic_bytes: usize,
 }
 
 impl Default for MqttConfig {
@@ -227,6 +235,8 @@ impl Default for MqttConfig {
             keep_alive_s: 30,
             session_expiry_s: 86400,
             reconnect_max_s: 5,
+            reply_prefixes: None,
+            max_topic_bytes: MAX_TOPIC_BYTES,
         }
     }
 }
@@ -236,16 +246,35 @@ impl MqttConfig {
         !self.host.is_empty()
     }
 
-    /// The node name in the topics: `node`, else the host name.
-    pub fn node_name(&self) -> String {
+    /// The node name in the topics: `node`, else the host name from gethostname(2) (which,
+    /// unlike /proc/sys/kernel/hostname, `ProcSubset=pid` does not hide). A host name that
+    /// many boards share would give them all one client id, and the broker would keep
+    /// kicking one off for the other: such names are refused unless `node` is set.
+    pub fn node_name(&self) -> Result<String, String> {
         if !self.node.is_empty() {
-            return self.node.clone();
+            return Ok(self.node.clone());
         }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| is_topic_level(h))
-            .unwrap_or_else(|| "bitnetd".into())
+        let uname = rustix::system::uname();
+        let host = uname.nodename().to_string_lossy();
+        let host = host.trim();
+        if GENERIC_HOST_NAMES.contains(&host.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "the host name is {host:?}, which other boards may share (the MQTT client id \
+                 would collide): set mqtt.node (or --node) to this board's own name"
+            ));
+        }
+        topic::check_level(host).map_err(|e| {
+            format!("the host name {host:?} is no topic level ({e}): set mqtt.node")
+        })?;
+        Ok(host.to_owned())
+    }
+
+    /// The reply prefixes, with the default filled in.
+    pub fn reply_prefixes(&self) -> Vec<String> {
+        match &self.reply_prefixes {
+            Some(p) => p.clone(),
+            None => vec![format!("{}/reply/", self.base_topic)],
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -280,7 +309,7 @@ impl MqttConfig {
             &self.base_topic,
             "it must be a topic such as \"bitnetd\" or \"home/llm\", without wildcards or empty levels",
         )?;
-        let level = "it must be one topic level: no '/', '+', '#'";
+        let level = "it must be one topic level: no '/', '+', '#', '$' first, control characters";
         ensure(
             self.node.is_empty() || is_topic_level(&self.node),
             "mqtt.node",
@@ -322,13 +351,47 @@ impl MqttConfig {
             "mqtt.tls_cert",
             &self.tls_cert,
             "a client certificate needs tls_ca (TLS is on when tls_ca is set)",
-        )
+        )?;
+        ensure(
+            (16..=MAX_TOPIC_BYTES).contains(&self.max_topic_bytes),
+            "mqtt.max_topic_bytes",
+            &self.max_topic_bytes,
+            "it must be between 16 and 65535",
+        )?;
+        let prefixes = self.reply_prefixes();
+        ensure(
+            !prefixes.is_empty(),
+            "mqtt.reply_prefixes",
+            &prefixes,
+            "give at least one prefix (replies go nowhere else)",
+        )?;
+        for p in &prefixes {
+            ensure(
+                topic::check_prefix(p).is_ok() && p.len() < self.max_topic_bytes,
+                "mqtt.reply_prefixes",
+                p,
+                "each must be a topic such as \"bitnetd/reply/\": no wildcards, no '$' first, \
+                 no empty levels or control characters, shorter than mqtt.max_topic_bytes",
+            )?;
+        }
+        Ok(())
     }
 }
 
-/// One level of an MQTT topic: non-empty, without separators or wildcards.
+/// Host names that many boards share: the default of an image or of no configuration.
+const GENERIC_HOST_NAMES: [&str; 7] = [
+    "",
+    "(none)",
+    "localhost",
+    "localhost.localdomain",
+    "bitnetd",
+    "raspberrypi",
+    "debian",
+];
+
+/// One level of an MQTT topic that any broker accepts.
 fn is_topic_level(s: &str) -> bool {
-    !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
+    topic::check_level(s).is_ok()
 }
 
 impl Config {
@@ -512,7 +575,12 @@ mod tests {
         assert!(!parse("").unwrap().mqtt.enabled());
         let c = parse("[mqtt]\nhost = \"broker.lan\"\nnode = \"pi1\"\n").unwrap();
         assert!(c.mqtt.enabled());
-        assert_eq!(c.mqtt.node_name(), "pi1");
+        assert_eq!(c.mqtt.node_name().as_deref(), Ok("pi1"));
+        assert_eq!(c.mqtt.reply_prefixes(), ["bitnetd/reply/"]);
+        let c = parse("[mqtt]\nbase_topic = \"home/llm\"\n").unwrap();
+        assert_eq!(c.mqtt.reply_prefixes(), ["home/llm/reply/"]);
+        let c = parse("[mqtt]\nreply_prefixes = [\"dev/a/\", \"dev/b\"]\n").unwrap();
+        assert_eq!(c.mqtt.reply_prefixes(), ["dev/a/", "dev/b"]);
         for (text, key) in [
             ("qos = 3", "mqtt.qos"),
             ("protocol = \"4\"", "mqtt.protocol"),
@@ -521,6 +589,13 @@ mod tests {
             ("base_topic = \"a//b\"", "mqtt.base_topic"),
             ("node = \"a/b\"", "mqtt.node"),
             ("group = \"g#\"", "mqtt.group"),
+            ("node = \"pi\\u0001\"", "mqtt.node"),
+            ("base_topic = \"$SYS\"", "mqtt.base_topic"),
+            ("reply_prefixes = []", "mqtt.reply_prefixes"),
+            ("reply_prefixes = [\"ok/\", \"a/#\"]", "mqtt.reply_prefixes"),
+            ("reply_prefixes = [\"$SYS/\"]", "mqtt.reply_prefixes"),
+            ("reply_prefixes = [\"a//b\"]", "mqtt.reply_prefixes"),
+            ("max_topic_bytes = 70000", "mqtt.max_topic_bytes"),
             ("keep_alive_s = 2", "mqtt.keep_alive_s"),
             ("reconnect_max_s = 0", "mqtt.reconnect_max_s"),
             ("password_file = \"/p\"", "mqtt.password_file"),

@@ -158,6 +158,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         head,
         threads: config.threads,
         n_ctx,
+        mqtt: config.mqtt.enabled().then(Default::default),
     };
     let timeout = config.limits.request_timeout_secs;
     let worker = Worker {

@@ -50,6 +50,8 @@ pub struct ServerInfo {
     pub threads: usize,
     /// Context size in tokens.
     pub n_ctx: usize,
+    /// The MQTT link's state, when MQTT is on.
+    pub mqtt: Option<Arc<mqtt::MqttState>>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `worker` holds the loaded model.
@@ -182,15 +184,19 @@ pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
         requests: stats.requests.load(Relaxed),
         tokens_per_s: stats.tokens_per_s(),
         uptime_s: stats.started.elapsed().as_secs(),
+        mqtt: info.mqtt.as_ref().map(|m| m.status()),
     }
 }
 
-/// The reply to `health`: "stalled" when the engine has made no progress for 30 s.
-pub fn health(queue: &Queue) -> &'static str {
-    if queue.stats().since_heartbeat() < Duration::from_secs(30) {
-        "ok"
-    } else {
+/// The reply to `health`: "stalled" when the engine has made no progress for 30 s, else
+/// "mqtt_down" while MQTT is on but not connected.
+pub fn health(info: &ServerInfo, queue: &Queue) -> &'static str {
+    if queue.stats().since_heartbeat() >= Duration::from_secs(30) {
         "stalled"
+    } else if info.mqtt.as_ref().is_some_and(|m| !m.is_connected()) {
+        "mqtt_down"
+    } else {
+        "ok"
     }
 }
 

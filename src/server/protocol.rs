@@ -122,7 +122,7 @@ impl Rejection {
 pub fn parse_line(line: &[u8], config: &Config) -> Result<Incoming, Rejection> {
     let text = utf8(line)?;
     let value = json(text)?;
-    parse_checked(&value, text, config)
+    parse_checked(&value, Source::Text(text), config)
 }
 
 /// The JSON value of a line or message, which must be valid UTF-8.
@@ -130,10 +130,18 @@ pub fn parse_json(line: &[u8]) -> Result<serde_json::Value, Rejection> {
     json(utf8(line)?)
 }
 
-/// Validates a parsed request (MQTT takes its own envelope fields out first). Duplicate
-/// keys are gone from a parsed value, so only [`parse_line`] can refuse them.
+/// Validates a parsed request (MQTT takes its own envelope fields out first), read straight
+/// from the value. Duplicate keys are gone from a parsed value, so only [`parse_line`] can
+/// refuse them.
 pub fn parse_value(value: serde_json::Value, config: &Config) -> Result<Incoming, Rejection> {
-    parse_checked(&value, &value.to_string(), config)
+    parse_checked(&value, Source::Value(&value), config)
+}
+
+/// What the typed request is read from: the line's text, or a value parsed already.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Text(&'a str),
+    Value(&'a serde_json::Value),
 }
 
 fn utf8(line: &[u8]) -> Result<&str, Rejection> {
@@ -151,11 +159,11 @@ fn json(text: &str) -> Result<serde_json::Value, Rejection> {
         .map_err(|e| Rejection::new(None, ErrorCode::BadRequest, format!("invalid JSON: {e}")))
 }
 
-/// [`parse_line`]'s checks of a request's `value`, read again from `text` into the typed
+/// [`parse_line`]'s checks of a request's `value`, read again from `source` into the typed
 /// request.
 fn parse_checked(
     value: &serde_json::Value,
-    text: &str,
+    text: Source<'_>,
     config: &Config,
 ) -> Result<Incoming, Rejection> {
     let bad = |id: Option<String>, msg: String| Rejection::new(id, ErrorCode::BadRequest, msg);
@@ -194,10 +202,16 @@ fn parse_checked(
         .map_err(|msg| bad(id, msg))
 }
 
-/// Deserializes `text` into `T`; the error starts with the path of the bad field.
-fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+/// Deserializes `source` into `T`; the error starts with the path of the bad field.
+fn typed<T: serde::de::DeserializeOwned>(source: Source<'_>) -> Result<T, String> {
+    let result = match source {
+        Source::Text(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(&mut de)
+        }
+        Source::Value(value) => serde_path_to_error::deserialize(value),
+    };
+    result.map_err(|e| {
         let path = e.path().to_string();
         match path.as_str() {
             "." => e.into_inner().to_string(),
@@ -469,6 +483,9 @@ pub struct Status {
     /// Generation speed of the last request.
     pub tokens_per_s: f64,
     pub uptime_s: u64,
+    /// The MQTT link, when MQTT is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::server::mqtt::MqttStatus>,
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ impl Handler {
                 reply.send(Event::Status { id, status });
             }
             Incoming::Command(Command::Health, id) => {
-                let health = super::health(&self.queue);
+                let health = super::health(&self.info, &self.queue);
                 reply.send(Event::Health { id, health });
             }
         }

@@ -1,5 +1,8 @@
 //! Requests from MQTT messages into the queue, and each request's events back to where its
-//! client listens: the MQTT 5 response topic (with the correlation data), else `reply_to`.
+//! client listens: the MQTT 5 response topic (with the correlation data), else `reply_to`,
+//! provided that topic is below one of `mqtt.reply_prefixes` (else nothing is published and
+//! the refusal is logged). Client strings (topics, ids) are logged escaped (`{:?}`), so that
+//! a newline in them cannot forge a log line.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +12,10 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::Backlog;
 use super::link::{Client, Message};
+use super::throttle::{LogBudget, suppressed_note};
+use super::topic::ReplyPolicy;
 use super::wire;
 use crate::config::Config;
 use crate::server::ServerInfo;
@@ -41,6 +47,10 @@ pub struct Dispatcher {
     /// What `status` reports about the model.
     info: Arc<ServerInfo>,
     in_flight: InFlight,
+    /// Where replies may go.
+    policy: ReplyPolicy,
+    /// Lines about refused messages, which a hostile client can send without end.
+    refusals_log: Mutex<LogBudget>,
     /// Cloned into each reply forwarder: shutdown knows they are all done when the
     /// receiver sees every clone dropped.
     forwarders: mpsc::Sender<()>,
@@ -52,6 +62,7 @@ impl Dispatcher {
         queue: Queue,
         config: Arc<Config>,
         info: Arc<ServerInfo>,
+        policy: ReplyPolicy,
         forwarders: mpsc::Sender<()>,
     ) -> Self {
         Dispatcher {
@@ -60,7 +71,17 @@ impl Dispatcher {
             config,
             info,
             in_flight: InFlight::default(),
+            policy,
+            refusals_log: Mutex::new(LogBudget::new(20, Duration::from_secs(10))),
             forwarders,
+        }
+    }
+
+    /// Logs a refused message, at most 20 lines per 10 s.
+    fn log_refusal(&self, what: std::fmt::Arguments<'_>) {
+        let allowed = self.refusals_log.lock().unwrap().take(Instant::now());
+        if let Some(n) = allowed {
+            log::warn!("mqtt: {what}{}", suppressed_note(n));
         }
     }
 
@@ -69,7 +90,8 @@ impl Dispatcher {
     /// next session.
     pub async fn run(
         self,
-        mut messages: mpsc::UnboundedReceiver<Box<Message>>,
+        mut messages: mpsc::Receiver<Box<Message>>,
+        backlog: Arc<Backlog>,
         mut shutdown: Shutdown,
     ) {
         loop {
@@ -78,7 +100,16 @@ impl Dispatcher {
                 _ = shutdown.recv() => None,
             };
             let Some(message) = message else { return };
-            self.handle(&message).await;
+            backlog.take(message.payload.len());
+            if message.retain {
+                // A retained request would run again at every connect: refused for good.
+                self.log_refusal(format_args!(
+                    "ignored a retained message on {:?}: requests must not be retained",
+                    message.topic
+                ));
+            } else {
+                self.handle(&message).await;
+            }
             if self.client.ack(&message).await.is_err() {
                 return;
             }
@@ -88,11 +119,26 @@ impl Dispatcher {
     async fn handle(&self, m: &Message) {
         let (envelope, parsed) = wire::parse(&m.payload, &self.config);
         // The response topic comes first; `reply_to` serves MQTT 3.1.1 clients.
-        let topic = m
-            .response_topic
-            .clone()
-            .filter(|t| wire::is_topic_name(t))
-            .or(envelope.reply_to);
+        let topic = match m.response_topic.clone().or(envelope.reply_to) {
+            Some(t) => match self.policy.permit(&t) {
+                Ok(()) => Some(t),
+                Err(e) => {
+                    let id = match &parsed {
+                        Ok(Incoming::Generate(r)) => Some(r.id.as_str()),
+                        Ok(Incoming::Cancel(id)) => Some(id.as_str()),
+                        Ok(Incoming::Command(_, id)) => id.as_deref(),
+                        Err(r) => r.id.as_deref(),
+                    };
+                    self.log_refusal(format_args!(
+                        "a message on {:?} (id {id:?}) asks for replies on {t:?}: {e}; \
+                         nothing is published there and the message is dropped",
+                        m.topic
+                    ));
+                    return;
+                }
+            },
+            None => None,
+        };
         let target = Target {
             topic,
             correlation_data: m.correlation_data.clone(),
@@ -119,7 +165,7 @@ impl Dispatcher {
                     .await;
             }
             Ok(Incoming::Command(Command::Health, id)) => {
-                let health = crate::server::health(&self.queue);
+                let health = crate::server::health(&self.info, &self.queue);
                 self.answer(&target, Event::Health { id, health }, &m.topic)
                     .await;
             }
@@ -132,10 +178,10 @@ impl Dispatcher {
             let event = String::from_utf8_lossy(&event.to_line())
                 .trim_end()
                 .to_owned();
-            log::error!(
-                "mqtt: a message on {from} has no response topic and no reply_to, \
+            self.log_refusal(format_args!(
+                "a message on {from:?} has no response topic and no reply_to, \
                  nowhere to send {event}"
-            );
+            ));
             return;
         };
         let payload = wire::reply(&event, 0, target.correlation_id.as_ref());
@@ -148,17 +194,18 @@ impl Dispatcher {
     async fn submit(&self, request: GenRequest, target: Target, m: &Message) {
         let id = request.id.clone();
         let Some(topic) = target.topic.clone() else {
-            log::error!(
-                "mqtt: request {id} on {} has no response topic and no reply_to: \
+            self.log_refusal(format_args!(
+                "request {id:?} on {:?} has no response topic and no reply_to: \
                  nowhere to reply, dropped",
                 m.topic
-            );
+            ));
             return;
         };
+        // Fairness: this reply topic is the client's key (one device, one reply topic).
         let key = (topic, id.clone());
         if self.in_flight.lock().unwrap().contains_key(&key) {
             if m.dup {
-                log::debug!("mqtt: request {id} delivered again while in flight; ignored");
+                log::debug!("mqtt: request {id:?} delivered again while in flight; ignored");
                 return;
             }
             let msg = format!("a request {id:?} replying to this topic is already in flight");

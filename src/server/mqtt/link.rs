@@ -43,9 +43,12 @@ pub struct Tls {
 
 /// Room for topic and properties on top of the payload in the largest accepted packet.
 const PACKET_OVERHEAD: usize = 64 * 1024;
-/// Largest packet MQTT can frame (3.1.1 cannot tell the broker a smaller limit; a packet
-/// above the client's limit would break the connection at every redelivery).
+/// Largest packet MQTT can frame: the limit of what the daemon sends.
 const MQTT_MAX_PACKET: usize = 268_435_455;
+/// MQTT 5: QoS 1 and 2 messages the broker may have in flight to the daemon (unacknowledged)
+/// at once. The daemon acknowledges a request once it is queued, so this bounds what waits
+/// between the broker and the queue.
+pub const RECEIVE_MAXIMUM: u16 = 32;
 /// Requests queued in rumqttc's channel before `publish` waits.
 const CHANNEL_CAPACITY: usize = 64;
 
@@ -95,6 +98,11 @@ impl Unacked {
         }
     }
 
+    fn forget(&self) {
+        self.count.store(0, Ordering::SeqCst);
+        self.none_left.notify_waiters();
+    }
+
     async fn settled(&self) {
         loop {
             // Created before the check, so that an ack in between still wakes it.
@@ -129,6 +137,10 @@ pub struct Message {
     pub payload: Bytes,
     /// A redelivery of a message the daemon may have seen before.
     pub dup: bool,
+    /// Sent because the topic holds a retained message, not because someone published now.
+    pub retain: bool,
+    /// At most once: nothing to acknowledge, and the broker never sends it again.
+    pub at_most_once: bool,
     /// MQTT 5 properties.
     pub response_topic: Option<String>,
     pub correlation_data: Option<Bytes>,
@@ -156,6 +168,7 @@ pub fn new(s: &Settings) -> (Client, EventLoop) {
             .set_session_expiry_interval(Some(s.session_expiry_s))
             // The broker drops bigger messages instead of sending them.
             .set_max_packet_size(Some((s.max_payload + PACKET_OVERHEAD) as u32))
+            .set_receive_maximum(Some(RECEIVE_MAXIMUM))
             .set_manual_acks(true)
             .set_transport(transport)
             .set_last_will(LastWill5::new(
@@ -177,7 +190,9 @@ pub fn new(s: &Settings) -> (Client, EventLoop) {
         let mut o = rumqttc::MqttOptions::new(&s.client_id, &s.host, s.port);
         o.set_keep_alive(s.keep_alive)
             .set_clean_session(false)
-            .set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET)
+            // 3.1.1 cannot tell the broker: a bigger packet breaks the connection when its
+            // header arrives, before its payload is read (see `EventLoop::poll`).
+            .set_max_packet_size(s.max_payload + PACKET_OVERHEAD, MQTT_MAX_PACKET)
             .set_manual_acks(true)
             .set_transport(transport)
             .set_last_will(rumqttc::LastWill::new(
@@ -261,10 +276,22 @@ impl Client {
         Ok(())
     }
 
+    /// Subscribes to the request topics. MQTT 5 asks the broker not to send retained
+    /// messages (a retained request would run again at every connect); 3.1.1 cannot ask, so
+    /// the dispatcher drops messages with the retain flag.
     pub async fn subscribe(&self, filters: &[String]) -> Result<(), Gone> {
         for filter in filters {
             match &self.protocol {
-                ClientOf::V5(c, qos) => c.subscribe(filter, *qos).await.map_err(|_| Gone)?,
+                ClientOf::V5(c, qos) => {
+                    let filter = v5::mqttbytes::v5::Filter {
+                        path: filter.clone(),
+                        qos: *qos,
+                        nolocal: false,
+                        preserve_retain: false,
+                        retain_forward_rule: v5::mqttbytes::v5::RetainForwardRule::Never,
+                    };
+                    c.subscribe_many([filter]).await.map_err(|_| Gone)?
+                }
                 ClientOf::V4(c, qos) => c.subscribe(filter, *qos).await.map_err(|_| Gone)?,
             }
         }
@@ -293,15 +320,34 @@ impl Client {
     }
 }
 
+/// Why the connection is down.
+#[derive(Debug)]
+pub struct LinkError {
+    pub text: String,
+    /// The broker sent a packet above the limit.
+    pub oversize: bool,
+}
+
 impl EventLoop {
     /// The next event; an error means the connection is down (the next poll reconnects).
-    pub async fn poll(&mut self) -> Result<Notice, String> {
-        Ok(match &mut self.protocol {
+    pub async fn poll(&mut self) -> Result<Notice, LinkError> {
+        let notice = match &mut self.protocol {
             EventLoopOf::V5(l) => {
                 use rumqttc::Outgoing;
                 use v5::Event;
                 use v5::mqttbytes::v5::Packet as P;
-                match l.poll().await.map_err(|e| e.to_string())? {
+                let event = l.poll().await.map_err(|e| {
+                    use v5::{ConnectionError as C, StateError as S, mqttbytes::Error as M};
+                    let oversize = matches!(
+                        e,
+                        C::MqttState(S::Deserialization(M::PayloadSizeLimitExceeded { .. }))
+                    );
+                    LinkError {
+                        text: e.to_string(),
+                        oversize,
+                    }
+                })?;
+                match event {
                     Event::Incoming(P::ConnAck(c)) => Notice::Connected {
                         session_present: c.session_present,
                     },
@@ -311,6 +357,8 @@ impl EventLoop {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.clone(),
                             dup: p.dup,
+                            retain: p.retain,
+                            at_most_once: p.qos == v5::mqttbytes::QoS::AtMostOnce,
                             response_topic: props.response_topic,
                             correlation_data: props.correlation_data,
                             expiry_s: props.message_expiry_interval,
@@ -327,7 +375,18 @@ impl EventLoop {
             }
             EventLoopOf::V4(l) => {
                 use rumqttc::{Event, Outgoing, Packet as P};
-                match l.poll().await.map_err(|e| e.to_string())? {
+                let event = l.poll().await.map_err(|e| {
+                    use rumqttc::{ConnectionError as C, StateError as S, mqttbytes::Error as M};
+                    let oversize = matches!(
+                        e,
+                        C::MqttState(S::Deserialization(M::PayloadSizeLimitExceeded(_)))
+                    );
+                    LinkError {
+                        text: e.to_string(),
+                        oversize,
+                    }
+                })?;
+                match event {
                     Event::Incoming(P::ConnAck(c)) => Notice::Connected {
                         session_present: c.session_present,
                     },
@@ -335,6 +394,8 @@ impl EventLoop {
                         topic: p.topic.clone(),
                         payload: p.payload.clone(),
                         dup: p.dup,
+                        retain: p.retain,
+                        at_most_once: p.qos == rumqttc::QoS::AtMostOnce,
                         response_topic: None,
                         correlation_data: None,
                         expiry_s: None,
@@ -348,6 +409,28 @@ impl EventLoop {
                     _ => Notice::Other,
                 }
             }
-        })
+        };
+        if let Notice::Connected { session_present } = notice {
+            self.set_clean_session(false);
+            if !session_present {
+                // rumqttc dropped the publishes of the old session: no ack will come.
+                self.unacked.forget();
+            }
+        }
+        Ok(notice)
+    }
+
+    /// Whether the next connect starts a new session, dropping what the broker holds for
+    /// the daemon. Used once after an oversize packet: in the old session the broker would
+    /// send it again at every reconnect, and the connection would break every time.
+    pub fn set_clean_session(&mut self, clean: bool) {
+        match &mut self.protocol {
+            EventLoopOf::V5(l) => {
+                l.options.set_clean_start(clean);
+            }
+            EventLoopOf::V4(l) => {
+                l.mqtt_options.set_clean_session(clean);
+            }
+        }
     }
 }

@@ -8,19 +8,33 @@
 //!
 //! The session is persistent (fixed client id, no clean start, a session expiry on MQTT 5), so
 //! QoS 1 requests published while the daemon was away wait at the broker and are answered
-//! after it reconnects. Messages are acknowledged once handled, not on arrival.
+//! after it reconnects. Messages are acknowledged once handled (queued or refused), not on
+//! arrival: the broker's in-flight window (MQTT 5: [`link::RECEIVE_MAXIMUM`]) then bounds what
+//! it sends ahead. The channel to the dispatcher is bounded; QoS 0 messages that find it
+//! nearly full are dropped and counted.
+//!
+//! Hostile input: every topic the daemon publishes to is checked first ([`topic`]), replies
+//! go only below `mqtt.reply_prefixes`, retained requests are ignored, and incoming packets
+//! are limited to `limits.max_line_bytes` plus room for the header.
 
 mod dispatch;
 mod link;
-mod wire;
+mod state;
+mod throttle;
+pub mod topic;
+pub mod wire;
 
-use std::path::Path;
+pub use state::{MqttState, MqttStatus};
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 
 use super::ServerInfo;
@@ -29,9 +43,23 @@ use super::shutdown::Shutdown;
 use crate::config::Config;
 use dispatch::Dispatcher;
 use link::{Client, EventLoop, Notice, Settings};
+use throttle::{LogBudget, suppressed_note};
+use topic::ReplyPolicy;
 
 /// The first wait before reconnecting; it doubles up to `mqtt.reconnect_max_s`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Room in the channel to the dispatcher for messages that are acknowledged once handled.
+/// The broker's in-flight window should keep them few, but mosquitto 2.0.11 was seen sending
+/// hundreds past a receive maximum of 32 during a burst: room for far more, bounded in bytes
+/// by [`BACKLOG_BYTES`].
+const ACKED_SLOTS: usize = 4096;
+/// Room for QoS 0 messages: they are dropped while this many messages wait.
+const AT_MOST_ONCE_SLOTS: usize = 32;
+/// Payload bytes that may wait in the channel; past it QoS 1/2 messages stay
+/// unacknowledged (the broker sends them again in the next session).
+const BACKLOG_BYTES: usize = 8 << 20;
+/// A connection that keeps failing is logged once per this long (and at the first failure).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// The running transport, kept by the server for shutdown.
 pub struct Mqtt {
@@ -57,8 +85,10 @@ struct Shared {
     info: Arc<ServerInfo>,
     /// For the status counters (not for submitting).
     queue: Queue,
-    /// Whether the connection is up: status is only published then.
-    connected: AtomicBool,
+    /// Whether the connection is up (status is only published then), and how it went.
+    state: Arc<MqttState>,
+    /// What waits for the dispatcher.
+    backlog: Arc<Backlog>,
 }
 
 impl Shared {
@@ -77,15 +107,35 @@ pub fn start(
     shutdown: Shutdown,
 ) -> anyhow::Result<Mqtt> {
     let m = &config.mqtt;
-    let node = m.node_name();
+    let node = m
+        .node_name()
+        .map_err(|e| anyhow::anyhow!("mqtt.node: {e}"))?;
     let base = &m.base_topic;
-    let mut filters = vec![format!("{base}/{node}/request")];
+    let own_request = format!("{base}/{node}/request");
+    let mut filters = vec![own_request.clone()];
     if !m.group.is_empty() {
         filters.push(format!("$share/{}/{base}/request", m.group));
     }
     let status_topic = format!("{base}/{node}/status");
+    for t in [&own_request, &status_topic] {
+        topic::check_name(t, m.max_topic_bytes)
+            .with_context(|| format!("mqtt.base_topic and mqtt.node make the topic {t:?}"))?;
+    }
+    let policy = ReplyPolicy::new(
+        &m.reply_prefixes(),
+        vec![own_request, format!("{base}/request"), status_topic.clone()],
+        m.max_topic_bytes,
+    );
     let settings = settings(&config, &node, &status_topic)?;
+    if password_in_clear(&settings) {
+        log::warn!(
+            "mqtt: the password goes to {} without TLS: anyone on the network path can read \
+             it; set mqtt.tls_ca to encrypt the connection",
+            settings.host
+        );
+    }
     let (client, eventloop) = link::new(&settings);
+    let state = info.mqtt.clone().unwrap_or_default();
     let shared = Arc::new(Shared {
         node,
         broker: format!("{}:{}", m.host, m.port),
@@ -93,9 +143,10 @@ pub fn start(
         filters,
         info: info.clone(),
         queue: queue.clone(),
-        connected: AtomicBool::new(false),
+        state,
+        backlog: Arc::new(Backlog::default()),
     });
-    let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+    let (messages_tx, messages_rx) = mpsc::channel(ACKED_SLOTS + AT_MOST_ONCE_SLOTS);
     let (forwarders, forwarders_done) = mpsc::channel(1);
     let backoff = Backoff::new(Duration::from_secs(m.reconnect_max_s));
     let poller = tokio::spawn(poll(
@@ -105,8 +156,15 @@ pub fn start(
         shared.clone(),
         backoff,
     ));
-    let dispatcher = Dispatcher::new(client.clone(), queue, config.clone(), info, forwarders);
-    let dispatcher = tokio::spawn(dispatcher.run(messages_rx, shutdown));
+    let dispatcher = Dispatcher::new(
+        client.clone(),
+        queue,
+        config.clone(),
+        info,
+        policy,
+        forwarders,
+    );
+    let dispatcher = tokio::spawn(dispatcher.run(messages_rx, shared.backlog.clone(), shutdown));
     let ticker = (m.status_interval_s > 0).then(|| {
         let every = Duration::from_secs(m.status_interval_s);
         tokio::spawn(report_status(client.clone(), shared.clone(), every))
@@ -135,7 +193,7 @@ impl Mqtt {
         if let Some(t) = &self.ticker {
             t.abort();
         }
-        if !self.shared.connected.load(Ordering::Relaxed) {
+        if !self.shared.state.is_connected() {
             // The broker is away: it has published the last will already.
             self.poller.abort();
             return;
@@ -155,21 +213,25 @@ impl Mqtt {
 
 /// Drives the connection: reconnects with backoff, subscribes and says online after each
 /// connect, and hands messages to the dispatcher. Ends once DISCONNECT went out.
+/// Never waits for the dispatcher: the dispatcher's publishes need this loop to move.
 async fn poll(
     mut eventloop: EventLoop,
-    messages: mpsc::UnboundedSender<Box<link::Message>>,
+    messages: mpsc::Sender<Box<link::Message>>,
     client: Client,
     shared: Arc<Shared>,
     mut backoff: Backoff,
 ) {
     let broker = &shared.broker;
+    let backlog = &shared.backlog;
     // Since when the daemon has been trying to (re)connect, and how often it failed.
     let mut down_since = Instant::now();
     let mut failures = 0u32;
+    let mut failure_log = LogBudget::new(1, FAILURE_LOG_EVERY);
+    let mut overflow_log = LogBudget::new(1, Duration::from_secs(10));
     loop {
         match eventloop.poll().await {
             Ok(Notice::Connected { session_present }) => {
-                shared.connected.store(true, Ordering::Relaxed);
+                shared.state.connected();
                 backoff.reset();
                 log::info!(
                     "mqtt: connected to {broker} as node {} after {:.3} s ({failures} failed \
@@ -178,22 +240,72 @@ async fn poll(
                     down_since.elapsed().as_secs_f64(),
                 );
                 failures = 0;
+                failure_log = LogBudget::new(1, FAILURE_LOG_EVERY);
                 tokio::spawn(on_connect(client.clone(), shared.clone()));
             }
             Ok(Notice::Message(m)) => {
-                // At shutdown nobody takes it: unacknowledged, it stays for the next session.
-                let _ = messages.send(m);
+                let waiting = ACKED_SLOTS + AT_MOST_ONCE_SLOTS - messages.capacity();
+                let full = match m.at_most_once {
+                    true => waiting >= AT_MOST_ONCE_SLOTS,
+                    false => backlog.bytes() + m.payload.len() > BACKLOG_BYTES,
+                };
+                if !full {
+                    backlog.add(m.payload.len());
+                }
+                let refused = match full {
+                    true => Some(m),
+                    false => match messages.try_send(m) {
+                        Ok(()) => None,
+                        Err(TrySendError::Full(m)) => {
+                            backlog.take(m.payload.len());
+                            Some(m)
+                        }
+                        // Shutdown: unacknowledged, it stays for the next session.
+                        Err(TrySendError::Closed(_)) => None,
+                    },
+                };
+                if let Some(m) = refused {
+                    shared.state.dropped();
+                    if let Some(n) = overflow_log.take(Instant::now()) {
+                        let what = match m.at_most_once {
+                            true => "dropped a QoS 0 message",
+                            false => {
+                                "left a message unacknowledged (the broker sends it \
+                                      again in the next session)"
+                            }
+                        };
+                        log::warn!(
+                            "mqtt: requests arrive faster than they are taken: {what} on {:?}{}",
+                            m.topic,
+                            suppressed_note(n)
+                        );
+                    }
+                }
             }
             Ok(Notice::Disconnected) => return,
             Ok(Notice::Other) => {}
             Err(e) => {
-                if shared.connected.swap(false, Ordering::Relaxed) {
-                    log::warn!("mqtt: connection to {broker} lost: {e}");
-                    down_since = Instant::now();
-                } else if failures == 0 {
-                    log::warn!("mqtt: cannot connect to {broker}: {e}; retrying");
-                } else {
-                    log::debug!("mqtt: connecting to {broker}: {e}");
+                let now = Instant::now();
+                if shared.state.failed(&e.text) {
+                    log::warn!("mqtt: connection to {broker} lost: {}", e.text);
+                    down_since = now;
+                } else if let Some(n) = failure_log.take(now) {
+                    log::warn!(
+                        "mqtt: cannot connect to {broker}: {} ({} failed attempts in {:.0} s{}); \
+                         retrying",
+                        e.text,
+                        failures + 1,
+                        now.duration_since(down_since).as_secs_f64(),
+                        suppressed_note(n)
+                    );
+                }
+                if e.oversize {
+                    log::warn!(
+                        "mqtt: the broker sent a packet above limits.max_line_bytes; the next \
+                         connect starts a new session, so that the broker does not send it again \
+                         (requests waiting at the broker are lost)"
+                    );
+                    eventloop.set_clean_session(true);
                 }
                 failures += 1;
                 tokio::time::sleep(backoff.next()).await;
@@ -219,7 +331,7 @@ async fn report_status(client: Client, shared: Arc<Shared>, every: Duration) {
     tick.tick().await; // the first tick is at once; connecting says online already
     loop {
         tick.tick().await;
-        if shared.connected.load(Ordering::Relaxed) {
+        if shared.state.is_connected() {
             let _ = client
                 .publish(&shared.status_topic, shared.online(), true, None)
                 .await;
@@ -231,8 +343,10 @@ async fn report_status(client: Client, shared: Arc<Shared>, every: Duration) {
 /// file stops the daemon at boot.
 fn settings(config: &Config, node: &str, status_topic: &str) -> anyhow::Result<Settings> {
     let m = &config.mqtt;
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let read = |path: &Path, key: &str| {
-        std::fs::read(path).with_context(|| format!("mqtt.{key}: reading {}", path.display()))
+        let path = secret_path(path, credentials_dir.as_deref());
+        std::fs::read(&path).with_context(|| format!("mqtt.{key}: reading {}", path.display()))
     };
     let credentials = match &m.password_file {
         Some(path) => {
@@ -288,6 +402,24 @@ fn settings(config: &Config, node: &str, status_topic: &str) -> anyhow::Result<S
     })
 }
 
+/// Where a configured secret is: a relative path is taken in systemd's
+/// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`) when there is one.
+fn secret_path(path: &Path, credentials_dir: Option<&Path>) -> PathBuf {
+    match credentials_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+/// Whether a password would cross the network unencrypted (loopback does not count).
+fn password_in_clear(s: &Settings) -> bool {
+    let has_password = s.credentials.as_ref().is_some_and(|(_, p)| !p.is_empty());
+    let host = s.host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    has_password && s.tls.is_none() && !loopback
+}
+
 /// PEM checks at boot, so that a wrong file is reported once, by key, instead of failing
 /// every connect attempt.
 mod pem {
@@ -303,6 +435,25 @@ mod pem {
     pub fn check_key(pem: &[u8]) -> anyhow::Result<()> {
         PrivateKeyDer::from_pem_slice(pem)?;
         Ok(())
+    }
+}
+
+/// Payload bytes in the channel to the dispatcher.
+#[derive(Default)]
+pub(crate) struct Backlog(AtomicUsize);
+
+impl Backlog {
+    fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The dispatcher took a message of `n` bytes.
+    pub(crate) fn take(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -353,6 +504,38 @@ mod tests {
         }
         b.reset();
         assert!(b.next() < Duration::from_millis(313));
+    }
+
+    #[test]
+    fn secrets_come_from_the_credentials_directory_when_relative() {
+        let dir = Some(Path::new("/run/credentials/bitnetd.service"));
+        assert_eq!(
+            secret_path(Path::new("mqtt-password"), dir),
+            Path::new("/run/credentials/bitnetd.service/mqtt-password")
+        );
+        assert_eq!(
+            secret_path(Path::new("/etc/bitnetd/pw"), dir),
+            Path::new("/etc/bitnetd/pw")
+        );
+        assert_eq!(secret_path(Path::new("pw"), None), Path::new("pw"));
+    }
+
+    #[test]
+    fn a_password_without_tls_is_noticed_unless_on_loopback() {
+        let mut config = Config::default();
+        config.mqtt.host = "broker.lan".into();
+        let mut s = settings(&config, "n", "b/n/status").unwrap();
+        assert!(!password_in_clear(&s), "no credentials");
+        s.credentials = Some(("u".into(), "secret".into()));
+        assert!(password_in_clear(&s));
+        for host in ["127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"] {
+            s.host = host.into();
+            assert!(!password_in_clear(&s), "{host}");
+        }
+        s.host = "10.0.0.2".into();
+        assert!(password_in_clear(&s));
+        s.credentials = Some(("u".into(), String::new()));
+        assert!(!password_in_clear(&s), "a username alone is no secret");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::topic;
 use crate::config::Config;
 use crate::server::protocol::{self, ErrorCode, Event, Incoming, Rejection, Status};
 
@@ -42,13 +43,16 @@ pub fn parse(payload: &[u8], config: &Config) -> (Envelope, Result<Incoming, Rej
     let mut problem = None;
     match object.remove("reply_to") {
         None => {}
-        Some(Value::String(t)) if is_topic_name(&t) => envelope.reply_to = Some(t),
-        Some(_) => problem = Some("reply_to must be a topic name: a string without + or #"),
+        Some(Value::String(t)) => match topic::check_name(&t, config.mqtt.max_topic_bytes) {
+            Ok(()) => envelope.reply_to = Some(t),
+            Err(e) => problem = Some(format!("reply_to: {e}")),
+        },
+        Some(_) => problem = Some("reply_to must be a topic name (a string)".into()),
     }
     match object.remove("correlation_id") {
         None => {}
         Some(v @ (Value::String(_) | Value::Number(_))) => envelope.correlation_id = Some(v),
-        Some(_) => problem = Some("correlation_id must be a string or a number"),
+        Some(_) => problem = Some("correlation_id must be a string or a number".into()),
     }
     if let Some(message) = problem {
         let id = object.get("id").and_then(Value::as_str).map(str::to_owned);
@@ -58,9 +62,53 @@ pub fn parse(payload: &[u8], config: &Config) -> (Envelope, Result<Incoming, Rej
     (envelope, protocol::parse_value(value, config))
 }
 
-/// A topic the daemon may publish to.
-pub fn is_topic_name(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 65535 && !t.contains(['+', '#', '\0'])
+/// The fuzz target's body (also replayed by the tests): `data` is a reply topic, a newline
+/// and a payload. Panics when a topic check lets through what a broker refuses, or when
+/// parsing breaks its promises.
+pub fn fuzz_one(data: &[u8], config: &Config) {
+    let (topic_bytes, payload) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&[][..], data),
+    };
+    if let Ok(t) = std::str::from_utf8(topic_bytes) {
+        let max = config.mqtt.max_topic_bytes;
+        if topic::check_name(t, max).is_ok() {
+            assert_broker_accepts(t, max);
+        }
+        let policy = topic::ReplyPolicy::new(&config.mqtt.reply_prefixes(), Vec::new(), max);
+        if policy.permit(t).is_ok() {
+            assert_broker_accepts(t, max);
+            assert!(t.starts_with(&format!("{}/reply/", config.mqtt.base_topic)));
+        }
+    }
+    let (envelope, parsed) = parse(payload, config);
+    if let Some(t) = &envelope.reply_to {
+        assert_broker_accepts(t, config.mqtt.max_topic_bytes);
+    }
+    if let Err(rejection) = parsed {
+        assert!(!rejection.message.is_empty());
+        let line = reply(&rejection.event(), 0, envelope.correlation_id.as_ref());
+        assert!(!line.contains(&b'\n'), "a reply is one line");
+        assert!(std::str::from_utf8(&line).is_ok());
+    }
+}
+
+/// The rules of MQTT 5 §1.5.4 and §4.7.3 for a PUBLISH topic, written out independently
+/// of [`topic::check_name`].
+fn assert_broker_accepts(t: &str, max: usize) {
+    assert!(!t.is_empty() && t.len() <= max, "{t:?}");
+    assert!(
+        !t.starts_with('$') && !t.contains('+') && !t.contains('#'),
+        "{t:?}"
+    );
+    for c in t.chars() {
+        let n = c as u32;
+        assert!(n > 0x1F && !(0x7F..=0x9F).contains(&n), "{t:?}");
+        assert!(
+            !(0xFDD0..=0xFDEF).contains(&n) && n & 0xFFFF < 0xFFFE,
+            "{t:?}"
+        );
+    }
 }
 
 /// One reply message: an event with its place in the request's sequence (0, 1, ...; the
@@ -136,9 +184,25 @@ mod tests {
         let r = r.unwrap_err();
         assert_eq!(r.id.as_deref(), Some("a"));
         assert!(r.message.contains("correlation_id"), "{}", r.message);
-        let (env, r) = parsed(r#"{"id":"a","prompt":"hi","reply_to":"x/#"}"#);
-        assert_eq!(env.reply_to, None);
-        assert!(r.unwrap_err().message.contains("reply_to"));
+        for (reply_to, problem) in [
+            ("x/#", "wildcard"),
+            ("x/+/y", "wildcard"),
+            ("x\\u0001", "U+0001"),
+            ("x\\u007f", "U+007F"),
+            ("x\\u0085", "U+0085"),
+            ("x\\ufffe", "U+FFFE"),
+            ("x\\ufdd0", "U+FDD0"),
+            ("x\\u0000", "U+0000"),
+            ("$SYS/x", "$"),
+            ("", "empty"),
+        ] {
+            let payload = format!(r#"{{"id":"a","prompt":"hi","reply_to":"{reply_to}"}}"#);
+            let (env, r) = parsed(&payload);
+            assert_eq!(env.reply_to, None, "{payload}");
+            let message = r.unwrap_err().message;
+            assert!(message.contains("reply_to"), "{message}");
+            assert!(message.contains(problem), "{payload}: {message}");
+        }
         // The socket's rules still hold for the rest.
         let (env, r) = parsed(r#"{"id":"a","prompt":"hi","reply_to":"r","colour":1}"#);
         assert_eq!(env.reply_to.as_deref(), Some("r"));
@@ -190,6 +254,7 @@ mod tests {
             requests: 5,
             tokens_per_s: 1.5,
             uptime_s: 9,
+            mqtt: None,
         };
         let on: Value = serde_json::from_slice(&online("pi1", status)).unwrap();
         assert_eq!(on["state"], "online");
