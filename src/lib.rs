@@ -9,6 +9,7 @@ pub mod engine;
 pub mod gguf;
 pub mod model;
 mod partial_file;
+pub mod power;
 pub mod rng;
 pub mod sampler;
 pub mod server;

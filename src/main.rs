@@ -30,6 +30,8 @@ enum Command {
     GenDummy(app::gen_dummy::GenDummyArgs),
     /// Rewrite a model with its ternary weights in another layout (i2_s or tl1).
     Convert(app::convert::ConvertArgs),
+    /// What the thread policy sees (CPUs, temperature, throttling, power) and decides.
+    Power(app::power::PowerArgs),
 }
 
 /// bitnet.cpp's users type `-cnv`, which clap cannot take as a short flag.
@@ -73,6 +75,7 @@ fn main() {
         Command::Perplexity(args) => app::perplexity::run(args),
         Command::GenDummy(args) => app::gen_dummy::run(args),
         Command::Convert(args) => app::convert::run(args),
+        Command::Power(args) => app::power::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod gen_dummy;
 pub mod info;
 pub mod perplexity;
+pub mod power;
 pub mod run;
 pub mod serve;
 pub mod tokenize;

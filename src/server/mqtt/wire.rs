@@ -190,6 +190,9 @@ mod tests {
             requests: 5,
             tokens_per_s: 1.5,
             uptime_s: 9,
+            power: None,
+            joules_per_token: None,
+            joules_per_token_source: None,
         };
         let on: Value = serde_json::from_slice(&online("pi1", status)).unwrap();
         assert_eq!(on["state"], "online");
