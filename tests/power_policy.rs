@@ -184,29 +184,31 @@ fn a_temperature_ramp_moves_threads_down_and_back_with_hysteresis() {
     let t = Tree::pi5();
     let mut g = governor(Policy::Balanced, 4);
     g.set_speed(SpeedCurve::new(vec![5.0, 8.8, 9.4, 9.6]).unwrap());
-    // (seconds, °C, decode threads expected). Soft limit 77 °C, back under 74 °C; at most
-    // one step down per 10 s and one up per 30 s.
+    // (seconds, °C, decode and prefill threads expected). Soft limit 77 °C, back under
+    // 74 °C; at most one step down per 10 s and one up per 30 s; shedding takes from both.
     let ramp = [
-        (0, 60.0, 3),
-        (10, 76.9, 3),
-        (12, 77.0, 2),
-        (16, 79.0, 2),
-        (22, 79.0, 1),
-        (40, 79.0, 1),
-        (60, 75.0, 1),
-        (90, 74.5, 1),
-        (100, 73.9, 2),
-        (110, 70.0, 2),
-        (129, 70.0, 2),
-        (130, 70.0, 3),
-        (200, 70.0, 3),
-        (202, 76.0, 3),
+        (0, 60.0, 3, 4),
+        (10, 76.9, 3, 4),
+        (12, 77.0, 2, 3),
+        (16, 79.0, 2, 3),
+        (22, 79.0, 1, 2),
+        (31, 79.0, 1, 2),
+        (32, 79.0, 1, 1),
+        (60, 79.0, 1, 1),
+        (80, 75.0, 1, 1),
+        (100, 74.5, 1, 1),
+        (101, 73.9, 1, 2),
+        (110, 70.0, 1, 2),
+        (131, 70.0, 2, 3),
+        (161, 70.0, 3, 4),
+        (300, 70.0, 3, 4),
+        (302, 76.0, 3, 4),
     ];
-    for (s, c, want) in ramp {
+    for (s, c, decode, prefill) in ramp {
         t.set_temp(0, (c * 1000.0) as i64);
         let d = g.decide(&read(&t), Duration::from_secs(s));
-        assert_eq!(d.decode_threads, want, "at {s} s, {c} °C: {}", d.reason);
-        assert_eq!(d.prefill_threads, 4 - (3 - want), "at {s} s");
+        let got = (d.decode_threads, d.prefill_threads);
+        assert_eq!(got, (decode, prefill), "at {s} s, {c} °C: {}", d.reason);
         assert_eq!(d.cores.len(), d.prefill_threads);
     }
 }

@@ -143,6 +143,7 @@ pub fn start(settings: Settings, root: SysRoot, model: &mut Model) -> Arc<Monito
         }),
         bytes_per_token: model.gguf.bytes().len() as f64,
     });
+    monitor.observe(&decision, &machine);
     apply(&plan, &decision, None);
     let shared = Arc::clone(&monitor);
     let spawned = std::thread::Builder::new()

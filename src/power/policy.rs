@@ -254,7 +254,7 @@ impl Governor {
         };
         // Performance means every fast core, whatever the firmware does about the heat.
         if policy != Policy::Performance {
-            self.step(m, now, decode, &mut reasons);
+            self.step(m, now, decode.max(prefill), &mut reasons);
         }
         let decode = decode.saturating_sub(self.shed).max(1);
         let prefill = prefill.saturating_sub(self.shed).max(1);
