@@ -36,6 +36,16 @@ pub struct PowerStatus {
     pub battery_percent: Option<f64>,
 }
 
+/// What `status` adds: the power state and the energy per token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerReport {
+    pub power: PowerStatus,
+    /// Energy per generated token at the last request's speed (null before one).
+    pub joules_per_token: Option<f64>,
+    /// "sensor" (a hwmon power or energy reading) or "estimate" (the README's model).
+    pub joules_per_token_source: Option<&'static str>,
+}
+
 /// What the governor last saw; read by `status`.
 #[derive(Debug)]
 pub struct Monitor {
@@ -58,10 +68,20 @@ impl Monitor {
         self.lock().status.clone()
     }
 
+    /// `status`'s power fields at the last request's `tokens_per_s`.
+    pub fn report(&self, tokens_per_s: f64) -> PowerReport {
+        let joules = self.joules_per_token(tokens_per_s);
+        PowerReport {
+            power: self.status(),
+            joules_per_token: joules.map(|(j, _)| j),
+            joules_per_token_source: joules.map(|(_, source)| source),
+        }
+    }
+
     /// Joules per generated token at `tokens_per_s` and where the power figure comes from
     /// ("sensor" or "estimate"); `None` before anything was generated.
     pub fn joules_per_token(&self, tokens_per_s: f64) -> Option<(f64, &'static str)> {
-        if !(tokens_per_s > 0.0) {
+        if !tokens_per_s.is_finite() || tokens_per_s <= 0.0 {
             return None;
         }
         let seen = self.lock();

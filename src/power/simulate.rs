@@ -76,7 +76,7 @@ impl Default for Pi5Model {
             bytes_per_token: 0.85e9,
             compute_headroom: 1.25,
             prefill_over_decode: 3.4,
-            prefill_scaling_exponent: 0.84,
+            prefill_scaling_exponent: 0.79,
             prompt_tokens: 64,
             reply_tokens: 128,
         }

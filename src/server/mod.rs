@@ -171,8 +171,6 @@ pub fn run(config: Config, info: ServerInfo, mut worker: Worker) -> anyhow::Resu
 pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
     use std::sync::atomic::Ordering::Relaxed;
     let stats = queue.stats();
-    let power = info.power.as_ref();
-    let joules = power.and_then(|p| p.joules_per_token(stats.tokens_per_s()));
     Status {
         model: info.model.clone(),
         kernel: info.kernel.clone(),
@@ -185,9 +183,10 @@ pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
         requests: stats.requests.load(Relaxed),
         tokens_per_s: stats.tokens_per_s(),
         uptime_s: stats.started.elapsed().as_secs(),
-        power: power.map(|p| p.status()),
-        joules_per_token: joules.map(|(j, _)| j),
-        joules_per_token_source: joules.map(|(_, source)| source),
+        power: info
+            .power
+            .as_ref()
+            .map(|p| Box::new(p.report(stats.tokens_per_s()))),
     }
 }
 

@@ -469,12 +469,9 @@ pub struct Status {
     /// Generation speed of the last request.
     pub tokens_per_s: f64,
     pub uptime_s: u64,
-    /// Threads, temperature and why (README "Power").
-    pub power: Option<crate::power::daemon::PowerStatus>,
-    /// Energy per generated token at the last request's speed (null before one).
-    pub joules_per_token: Option<f64>,
-    /// "sensor" (a hwmon power or energy reading) or "estimate" (the README's model).
-    pub joules_per_token_source: Option<&'static str>,
+    /// `power` and `joules_per_token` (README "Power"); boxed, so that `Event` stays small.
+    #[serde(flatten)]
+    pub power: Option<Box<crate::power::daemon::PowerReport>>,
 }
 
 #[cfg(test)]

@@ -191,8 +191,6 @@ mod tests {
             tokens_per_s: 1.5,
             uptime_s: 9,
             power: None,
-            joules_per_token: None,
-            joules_per_token_source: None,
         };
         let on: Value = serde_json::from_slice(&online("pi1", status)).unwrap();
         assert_eq!(on["state"], "online");
