@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::power::{Policy, Settings as PowerSettings};
 use crate::sampler::SamplerConfig;
 use crate::server::mqtt::topic::{self, MAX_TOPIC_BYTES};
 
@@ -59,6 +60,8 @@ pub struct Config {
     pub sampling: Sampling,
     /// The MQTT transport (off while `mqtt.host` is empty).
     pub mqtt: MqttConfig,
+    /// How many compute threads run, and where (temperature, throttling, battery).
+    pub power: PowerConfig,
 }
 
 impl Default for Config {
@@ -75,7 +78,95 @@ impl Default for Config {
             limits: Limits::default(),
             sampling: Sampling::default(),
             mqtt: MqttConfig::default(),
+            power: PowerConfig::default(),
         }
+    }
+}
+
+/// `[power]`: the thread policy and its limits (see README "Power").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerConfig {
+    /// performance, balanced, powersave or fixed:N.
+    pub policy: Policy,
+    /// °C where balanced sheds decode threads; 0: 3 °C under the SoC's first passive trip
+    /// point, or 77 °C without one.
+    pub soft_limit_c: f64,
+    /// Threads come back once the SoC is this many °C under the soft limit.
+    pub hysteresis_c: f64,
+    /// Powersave runs the fewest threads that keep this speed.
+    pub min_tokens_per_s: f64,
+    /// On battery below this charge (%), balanced switches to powersave.
+    pub battery_percent: f64,
+    /// Where sysfs is read from (`/`; tests point it at a fake tree).
+    pub sysfs_root: PathBuf,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        let s = PowerSettings::default();
+        PowerConfig {
+            policy: s.policy,
+            soft_limit_c: 0.0,
+            hysteresis_c: s.hysteresis_c,
+            min_tokens_per_s: s.min_tokens_per_s,
+            battery_percent: s.battery_percent,
+            sysfs_root: "/".into(),
+        }
+    }
+}
+
+impl PowerConfig {
+    pub fn settings(&self) -> PowerSettings {
+        PowerSettings {
+            policy: self.policy,
+            soft_limit_c: (self.soft_limit_c > 0.0).then_some(self.soft_limit_c),
+            hysteresis_c: self.hysteresis_c,
+            min_tokens_per_s: self.min_tokens_per_s,
+            battery_percent: self.battery_percent,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, key, value: f64, expected: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    expected: expected.into(),
+                })
+            }
+        };
+        let t = self.soft_limit_c;
+        check(
+            t == 0.0 || (30.0..=120.0).contains(&t),
+            "power.soft_limit_c",
+            t,
+            "it must be 0 (automatic) or between 30 and 120",
+        )?;
+        let h = self.hysteresis_c;
+        check(
+            (0.5..=30.0).contains(&h),
+            "power.hysteresis_c",
+            h,
+            "it must be between 0.5 and 30",
+        )?;
+        let m = self.min_tokens_per_s;
+        check(
+            m.is_finite() && m >= 0.0,
+            "power.min_tokens_per_s",
+            m,
+            "it must be 0 or more",
+        )?;
+        let b = self.battery_percent;
+        check(
+            (0.0..=100.0).contains(&b),
+            "power.battery_percent",
+            b,
+            "it must be between 0 and 100",
+        )
     }
 }
 
@@ -432,10 +523,10 @@ impl Config {
             })
         }
         check(
-            (1..=256).contains(&self.threads),
+            (0..=256).contains(&self.threads),
             "threads",
             self.threads,
-            "it must be between 1 and 256",
+            "it must be between 0 (one per fast core) and 256",
         )?;
         check(
             matches!(self.kernel.as_str(), "auto" | "scalar" | "tl1" | "i2s"),
@@ -494,6 +585,7 @@ impl Config {
             "it must be between 1 and 65536",
         )?;
         self.mqtt.validate()?;
+        self.power.validate()?;
         if let Err(e) = self.sampling.sampler(0).validate() {
             let key = match e.field {
                 "temperature" => "sampling.temperature",
@@ -539,6 +631,28 @@ mod tests {
         let text = include_str!("../systemd/bitnetd.toml");
         let c = parse(text).unwrap();
         assert!(c.model.is_some());
+    }
+
+    #[test]
+    fn power_keys_parse_and_bad_ones_are_named() {
+        let c = parse("[power]\npolicy = \"fixed:3\"\nsoft_limit_c = 70\n").unwrap();
+        assert_eq!(c.power.policy, Policy::Fixed(3));
+        assert_eq!(c.power.settings().soft_limit_c, Some(70.0));
+        assert_eq!(parse("").unwrap().power.policy, Policy::Balanced);
+        for (text, key) in [
+            ("policy = \"turbo\"", "turbo"),
+            ("policy = \"fixed:0\"", "fixed:0"),
+            ("soft_limit_c = 10", "power.soft_limit_c"),
+            ("hysteresis_c = 0", "power.hysteresis_c"),
+            ("min_tokens_per_s = -1", "power.min_tokens_per_s"),
+            ("battery_percent = 101", "power.battery_percent"),
+            ("polcy = \"balanced\"", "polcy"),
+        ] {
+            let e = parse(&format!("[power]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use crate::compute::Phase;
 use crate::model::{Logits, Model, ModelError, PROMPT_BATCH, Session};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -189,10 +190,12 @@ impl Engine {
             .chain(tail.chunks(PROMPT_BATCH))
             .collect();
         for chunk in &chunks[..chunks.len() - 1] {
+            self.model.enter(Phase::Prefill);
             forward_prompt(&self.model, &mut self.session, &mut self.cached, chunk)?;
         }
         self.pending = None;
         let last = chunks[chunks.len() - 1];
+        self.model.enter(Phase::Prefill);
         let mut logits = forward_prompt(&self.model, &mut self.session, &mut self.cached, last)?;
         let prompt_time = start.elapsed();
 
@@ -230,6 +233,8 @@ impl Engine {
                 finish = FinishReason::ContextFull;
                 break;
             }
+            // Power decisions land here, between tokens.
+            self.model.enter(Phase::Decode);
             logits = self
                 .model
                 .forward(&mut self.session, &[token], Logits::Last)?;

@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod hub;
 pub mod model;
 mod partial_file;
+pub mod power;
 pub mod rng;
 pub mod sampler;
 pub mod server;

@@ -32,6 +32,8 @@ enum Command {
     Convert(app::convert::ConvertArgs),
     /// Download a model file from Hugging Face (resumable, sha256-checked).
     Pull(app::pull::PullArgs),
+    /// What the thread policy sees (CPUs, temperature, throttling, power) and decides.
+    Power(app::power::PowerArgs),
 }
 
 /// bitnet.cpp's users type `-cnv`, which clap cannot take as a short flag.
@@ -76,6 +78,7 @@ fn main() {
         Command::GenDummy(args) => app::gen_dummy::run(args),
         Command::Convert(args) => app::convert::run(args),
         Command::Pull(args) => app::pull::run(args),
+        Command::Power(args) => app::power::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -6,6 +6,10 @@
 //! runs its own share, and does not return (nor unwind) until every worker has finished
 //! with it. Waiting threads spin for a moment, then sleep on a condition variable, so
 //! an idle pool uses no CPU.
+//!
+//! Only the first [`active`](Broadcast::active) threads run jobs; the others sleep (without
+//! spinning) until [`set_active`](Broadcast::set_active) takes them back, so that the power
+//! policy can change the thread count between jobs without re-creating the threads.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +37,10 @@ pub struct Broadcast {
     epoch: AtomicU64,
     /// Workers that have not yet finished the current job.
     pending: AtomicUsize,
+    /// Inactive workers sleep here until they are active again.
+    parked: Condvar,
+    /// A copy of `State::active` that spinning workers can poll without the lock.
+    active: AtomicUsize,
 }
 
 struct State {
@@ -44,6 +52,10 @@ struct State {
     caller_sleeping: bool,
     worker_panicked: bool,
     shutdown: bool,
+    /// Threads that run jobs (the caller included): workers `1..active`.
+    active: usize,
+    /// The epoch when `active` last changed: a worker taken back runs every job after it.
+    active_since: u64,
 }
 
 impl Broadcast {
@@ -58,17 +70,41 @@ impl Broadcast {
                 caller_sleeping: false,
                 worker_panicked: false,
                 shutdown: false,
+                active: workers + 1,
+                active_since: 0,
             }),
             wake: Condvar::new(),
             done: Condvar::new(),
             epoch: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
+            parked: Condvar::new(),
+            active: AtomicUsize::new(workers + 1),
         }
     }
 
-    /// Threads that run a job: the workers and the caller.
+    /// Threads that run a job: the active workers and the caller.
     pub fn n_threads(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Threads that could run a job: every worker and the caller.
+    pub fn capacity(&self) -> usize {
         self.workers + 1
+    }
+
+    /// From the next job on, jobs run on `threads` threads (clamped to `1..=capacity()`);
+    /// the others sleep. Waits for a running job to finish first.
+    pub fn set_active(&self, threads: usize) {
+        let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.lock();
+        let threads = threads.clamp(1, self.workers + 1);
+        if s.active == threads {
+            return;
+        }
+        s.active = threads;
+        s.active_since = s.epoch;
+        self.active.store(threads, Ordering::Release);
+        self.parked.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -80,7 +116,8 @@ impl Broadcast {
     /// calling thread, and returns when all calls have returned. Panics if a call panicked.
     pub fn run(&self, job: &Job<'_>) {
         let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.workers == 0 {
+        let workers = self.active.load(Ordering::Acquire) - 1;
+        if workers == 0 {
             job(0);
             return;
         }
@@ -89,7 +126,7 @@ impl Broadcast {
         // waits until `pending` is zero and clears the slot before `run` returns or
         // unwinds, so no use of it outlives the borrow of `job`.
         let erased = unsafe { std::mem::transmute::<&Job<'_>, &'static Job<'static>>(job) };
-        self.pending.store(self.workers, Ordering::SeqCst);
+        self.pending.store(workers, Ordering::SeqCst);
         {
             let mut s = self.lock();
             s.job = Some(erased);
@@ -129,27 +166,42 @@ impl Broadcast {
         s.job = None;
     }
 
-    /// A worker's life: runs every job with index `index` (in `1..n_threads()`) until
-    /// [`shutdown`](Self::shutdown).
+    /// A worker's life: runs every job with index `index` (in `1..capacity()`) while it is
+    /// active, until [`shutdown`](Self::shutdown).
     pub fn serve(&self, index: usize) {
         let mut seen = 0u64;
         loop {
-            let deadline = Instant::now() + SPIN;
-            while self.epoch.load(Ordering::Acquire) == seen && Instant::now() < deadline {
-                std::hint::spin_loop();
+            // Only an active worker spins: a parked one has nothing to wait for soon.
+            if index < self.active.load(Ordering::Acquire) {
+                let deadline = Instant::now() + SPIN;
+                while self.epoch.load(Ordering::Acquire) == seen && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
             }
             let job = {
                 let mut s = self.lock();
-                s.sleeping_workers += 1;
-                while s.epoch == seen && !s.shutdown {
+                loop {
+                    if s.shutdown {
+                        return;
+                    }
+                    if index >= s.active {
+                        // Jobs published while parked are not this worker's to run.
+                        s = self.parked.wait(s).unwrap_or_else(PoisonError::into_inner);
+                        if index < s.active {
+                            seen = s.active_since;
+                        }
+                        continue;
+                    }
+                    if s.epoch != seen {
+                        break;
+                    }
+                    s.sleeping_workers += 1;
                     s = self.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
-                }
-                s.sleeping_workers -= 1;
-                if s.shutdown {
-                    return;
+                    s.sleeping_workers -= 1;
                 }
                 seen = s.epoch;
-                s.job.expect("a new epoch carries a job")
+                s.job
+                    .expect("a new epoch of an active worker carries a job")
             };
             let panicked = catch_unwind(AssertUnwindSafe(|| job(index))).is_err();
             if panicked {
@@ -172,6 +224,7 @@ impl Broadcast {
         s.epoch += 1;
         self.epoch.store(s.epoch, Ordering::Release);
         self.wake.notify_all();
+        self.parked.notify_all();
     }
 }
 
@@ -232,6 +285,31 @@ mod tests {
                 count.fetch_add(1, Ordering::Relaxed);
             });
             assert_eq!(count.load(Ordering::Relaxed), 2);
+        });
+    }
+
+    #[test]
+    fn the_active_count_changes_between_jobs() {
+        with_workers(3, |b| {
+            assert_eq!(b.capacity(), 4);
+            for (round, threads) in [4, 1, 2, 4, 3, 3, 1, 4, 2, 9, 0].into_iter().enumerate() {
+                b.set_active(threads);
+                let want = threads.clamp(1, 4);
+                assert_eq!(b.n_threads(), want);
+                // Some rounds let the workers fall asleep first, some do not.
+                if round % 3 == 0 {
+                    std::thread::sleep(SPIN * 20);
+                }
+                for _ in 0..50 {
+                    let hits: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+                    b.run(&|i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    let hits: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+                    let expected: Vec<usize> = (0..4).map(|i| usize::from(i < want)).collect();
+                    assert_eq!(hits, expected, "{want} active threads");
+                }
+            }
         });
     }
 

@@ -8,6 +8,7 @@ pub mod gen_dummy;
 pub mod info;
 pub mod perplexity;
 pub mod pull;
+pub mod power;
 pub mod run;
 pub mod serve;
 pub mod tokenize;

@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// First level(s) of the MQTT topics (overrides `mqtt.base_topic`).
     #[arg(long, value_name = "T")]
     pub base_topic: Option<String>,
+    /// Thread policy: performance, balanced, powersave or fixed:N (overrides `power.policy`).
+    #[arg(long, value_name = "POLICY")]
+    pub power: Option<crate::power::Policy>,
+    /// Read sysfs under DIR instead of / (overrides `power.sysfs_root`).
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
 }
 
 /// `HOST`, `HOST:PORT`, `[V6ADDR]` or `[V6ADDR]:PORT`.
@@ -116,6 +122,12 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(b) = &args.base_topic {
         config.mqtt.base_topic = b.clone();
     }
+    if let Some(p) = args.power {
+        config.power.policy = p;
+    }
+    if let Some(r) = &args.sysfs_root {
+        config.power.sysfs_root = r.clone();
+    }
     config.validate()?;
     Ok(config)
 }
@@ -139,9 +151,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .set_head(head)
         .with_context(|| format!("config key `head` = {:?}", config.head))?;
     let (head, _) = loaded.model.head();
+    let sysfs = crate::power::SysRoot::new(&config.power.sysfs_root);
+    let threads = match config.threads {
+        0 => crate::power::daemon::one_per_fast_core(&sysfs),
+        n => n,
+    };
     loaded
         .model
-        .set_pool(crate::compute::Pool::new(config.threads, None)?);
+        .set_pool(crate::compute::Pool::new(threads, None)?);
+    let power = crate::power::daemon::start(config.power.settings(), sysfs, &mut loaded.model);
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match config.ctx_size {
         0 => n_ctx_train,
@@ -156,9 +174,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         ),
         kernel: kernel.name().into(),
         head,
-        threads: config.threads,
+        threads,
         n_ctx,
         mqtt: config.mqtt.enabled().then(Default::default),
+        power: Some(power),
     };
     let timeout = config.limits.request_timeout_secs;
     let worker = Worker {

@@ -3,9 +3,15 @@
 //! sleep in between. Work is divided by the job itself, usually by claiming blocks of
 //! output rows from a [`bitnet_kernels::RowsOut`], so that every output element is
 //! computed by the same code whatever the thread count.
+//!
+//! The power policy changes how many of the threads run and where, at run time, through a
+//! [`PlanHandle`]: the owner of the pool applies the current plan with [`Pool::enter`]
+//! before each forward pass (never inside one), so a decision lands between tokens or
+//! prompt batches.
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
 
 use bitnet_kernels::broadcast::{Broadcast, Job};
 
@@ -28,7 +34,52 @@ pub enum ComputeError {
 pub struct Pool {
     broadcast: Arc<Broadcast>,
     workers: Vec<JoinHandle<()>>,
+    /// What the power policy asks for (`None`: run as created).
+    plan: PlanHandle,
+    /// Where the threads are pinned now, by the last plan applied.
+    placed: Placement,
 }
+
+/// The threads the power policy wants for each kind of forward pass, and their cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub decode_threads: usize,
+    pub prefill_threads: usize,
+    /// Thread i runs on `cores[i]`; empty: leave the placement alone.
+    pub cores: Vec<usize>,
+}
+
+/// The kind of forward pass about to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A prompt batch (compute-bound: more threads help).
+    Prefill,
+    /// One generated token (memory-bound: a few threads reach the speed limit).
+    Decode,
+}
+
+impl Plan {
+    pub fn threads(&self, phase: Phase) -> usize {
+        match phase {
+            Phase::Prefill => self.prefill_threads,
+            Phase::Decode => self.decode_threads,
+        }
+    }
+}
+
+/// Shared between the pool and whoever decides (the power governor).
+pub type PlanHandle = Arc<Mutex<Option<Plan>>>;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Placement {
+    /// Thread i is pinned to `cores[i]`, for the first `cores.len()` threads.
+    cores: Vec<usize>,
+    /// The thread that was thread 0 (the caller) when they were pinned.
+    caller: Option<ThreadId>,
+}
+
+/// Pinning refused (a seccomp filter answering EPERM, a cpuset): said once, then unpinned.
+static PIN_REFUSED: AtomicBool = AtomicBool::new(false);
 
 impl Pool {
     /// Computes on the calling thread only.
@@ -36,6 +87,8 @@ impl Pool {
         Pool {
             broadcast: Arc::new(Broadcast::new(0)),
             workers: Vec::new(),
+            plan: Arc::new(Mutex::new(None)),
+            placed: Placement::default(),
         }
     }
 
@@ -62,6 +115,8 @@ impl Pool {
         let mut pool = Pool {
             broadcast,
             workers: Vec::with_capacity(threads - 1),
+            plan: Arc::new(Mutex::new(None)),
+            placed: Placement::default(),
         };
         for index in 1..threads {
             let broadcast = Arc::clone(&pool.broadcast);
@@ -79,8 +134,62 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Threads that run the next job.
     pub fn n_threads(&self) -> usize {
         self.broadcast.n_threads()
+    }
+
+    /// Threads created: the most any plan can use.
+    pub fn capacity(&self) -> usize {
+        self.broadcast.capacity()
+    }
+
+    /// Where a power governor puts its plans.
+    pub fn plan_handle(&self) -> PlanHandle {
+        Arc::clone(&self.plan)
+    }
+
+    /// Runs the next jobs on `threads` threads (clamped to `1..=capacity()`).
+    pub fn set_active(&mut self, threads: usize) {
+        self.broadcast.set_active(threads);
+    }
+
+    /// Applies the current plan for a forward pass of kind `phase`: sets the thread count,
+    /// and pins the threads when the cores changed or another thread became the caller.
+    /// `&mut self`: no job can be running.
+    pub fn enter(&mut self, phase: Phase) {
+        let plan = match &*self.plan.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(plan) => plan.clone(),
+            None => return,
+        };
+        self.set_active(plan.threads(phase));
+        if plan.cores.is_empty() || PIN_REFUSED.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = self.n_threads().min(plan.cores.len());
+        let wanted = Placement {
+            cores: plan.cores[..n].to_vec(),
+            caller: Some(std::thread::current().id()),
+        };
+        // Threads pinned before stay where they are; the active ones must match.
+        let pinned_ok = self.placed.caller == wanted.caller
+            && self.placed.cores.len() >= n
+            && self.placed.cores[..n] == wanted.cores[..];
+        if pinned_ok {
+            return;
+        }
+        let cores = &wanted.cores;
+        self.broadcast.run(&|thread| {
+            if let Some(&core) = cores.get(thread) {
+                pin_current(thread, core);
+            }
+        });
+        // Keep what the threads beyond `n` were pinned to when the caller is the same.
+        let mut placed = wanted;
+        if self.placed.caller == placed.caller && self.placed.cores.len() > n {
+            placed.cores.extend_from_slice(&self.placed.cores[n..]);
+        }
+        self.placed = placed;
     }
 
     /// Calls `job(thread)` once on every thread of the pool (0 on the caller) and returns
@@ -96,6 +205,22 @@ impl Drop for Pool {
         for worker in self.workers.drain(..) {
             // A worker cannot panic (jobs' panics are caught), so join only waits.
             let _ = worker.join();
+        }
+    }
+}
+
+/// Pins the calling thread (compute thread `thread`) to `core`. A refusal is logged once and
+/// turns pinning off: the threads then run where the scheduler puts them.
+fn pin_current(thread: usize, core: usize) {
+    if PIN_REFUSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        let error = std::io::Error::last_os_error();
+        if !PIN_REFUSED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cannot pin compute thread {thread} to core {core} ({error}): running unpinned"
+            );
         }
     }
 }
@@ -149,6 +274,37 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_plan_changes_threads_per_phase_between_jobs() {
+        let mut pool = Pool::new(3, None).unwrap();
+        let handle = pool.plan_handle();
+        let count = |pool: &Pool| {
+            let n = AtomicUsize::new(0);
+            pool.run(&|_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            });
+            n.into_inner()
+        };
+        pool.enter(Phase::Decode);
+        assert_eq!(count(&pool), 3, "no plan: as created");
+        *handle.lock().unwrap() = Some(Plan {
+            decode_threads: 1,
+            prefill_threads: 2,
+            cores: vec![0],
+        });
+        pool.enter(Phase::Decode);
+        assert_eq!((pool.n_threads(), count(&pool)), (1, 1));
+        pool.enter(Phase::Prefill);
+        assert_eq!((pool.n_threads(), count(&pool)), (2, 2));
+        *handle.lock().unwrap() = Some(Plan {
+            decode_threads: 7,
+            prefill_threads: 7,
+            cores: vec![],
+        });
+        pool.enter(Phase::Prefill);
+        assert_eq!((pool.capacity(), pool.n_threads(), count(&pool)), (3, 3, 3));
     }
 
     #[test]

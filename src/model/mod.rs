@@ -160,6 +160,11 @@ impl Model {
         &self.pool
     }
 
+    /// Applies the power plan before a forward pass of kind `phase` (see [`Pool::enter`]).
+    pub fn enter(&mut self, phase: crate::compute::Phase) {
+        self.pool.enter(phase);
+    }
+
     /// Computes with `kernel` from now on, repacking the weights when its layout is
     /// not the file's. The file's copy of repacked weights is released tensor by
     /// tensor, so that the two copies are never resident together.

@@ -52,6 +52,8 @@ pub struct ServerInfo {
     pub n_ctx: usize,
     /// The MQTT link's state, when MQTT is on.
     pub mqtt: Option<Arc<mqtt::MqttState>>,
+    /// The power governor's view, for `status` (None: no governor).
+    pub power: Option<Arc<crate::power::daemon::Monitor>>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `worker` holds the loaded model.
@@ -185,6 +187,10 @@ pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
         tokens_per_s: stats.tokens_per_s(),
         uptime_s: stats.started.elapsed().as_secs(),
         mqtt: info.mqtt.as_ref().map(|m| m.status()),
+        power: info
+            .power
+            .as_ref()
+            .map(|p| Box::new(p.report(stats.tokens_per_s()))),
     }
 }
 

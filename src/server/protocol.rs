@@ -486,6 +486,9 @@ pub struct Status {
     /// The MQTT link, when MQTT is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<crate::server::mqtt::MqttStatus>,
+    /// `power` and `joules_per_token` (README "Power"); boxed, so that `Event` stays small.
+    #[serde(flatten)]
+    pub power: Option<Box<crate::power::daemon::PowerReport>>,
 }
 
 #[cfg(test)]

@@ -255,6 +255,7 @@ mod tests {
             tokens_per_s: 1.5,
             uptime_s: 9,
             mqtt: None,
+            power: None,
         };
         let on: Value = serde_json::from_slice(&online("pi1", status)).unwrap();
         assert_eq!(on["state"], "online");

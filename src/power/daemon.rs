@@ -1,0 +1,277 @@
+//! The policy at work in `bitnetd serve`: the calibration at start, then a governor thread
+//! that reads the machine every few seconds, hands the pool its plan (applied between
+//! tokens), logs every change with its reason, and keeps what `status` reports.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::compute::{Plan, PlanHandle};
+use crate::model::Model;
+
+use super::calibrate::calibrate;
+use super::energy::PI5;
+use super::machine::Machine;
+use super::policy::{Decision, Governor, Policy, Settings};
+use super::supply::SensorKind;
+use super::sysfs::SysRoot;
+
+/// How often the governor looks at the machine: temperatures move over tens of seconds.
+const INTERVAL: Duration = Duration::from_secs(2);
+/// The calibration's time budget.
+const CALIBRATION: Duration = Duration::from_millis(400);
+
+/// The `power` object of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerStatus {
+    pub policy: Policy,
+    pub temperature_c: Option<f64>,
+    pub throttled: Option<bool>,
+    pub decode_threads: usize,
+    pub prefill_threads: usize,
+    pub cores: Vec<usize>,
+    pub reason: String,
+    pub on_battery: Option<bool>,
+    pub battery_percent: Option<f64>,
+}
+
+/// What `status` adds: the power state and the energy per token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerReport {
+    pub power: PowerStatus,
+    /// Energy per generated token at the last request's speed (null before one).
+    pub joules_per_token: Option<f64>,
+    /// "sensor" (a hwmon power or energy reading) or "estimate" (the README's model).
+    pub joules_per_token_source: Option<&'static str>,
+}
+
+/// What the governor last saw; read by `status`.
+#[derive(Debug)]
+pub struct Monitor {
+    state: Mutex<Seen>,
+    /// Bytes a decode step reads (the model's weights): the estimate's memory traffic.
+    bytes_per_token: f64,
+}
+
+#[derive(Debug)]
+struct Seen {
+    status: PowerStatus,
+    /// Board watts from a sensor, when there is one.
+    sensor_w: Option<f64>,
+    /// The last energy counter reading (µJ) and when it was taken.
+    energy: Option<(u64, Instant)>,
+}
+
+impl Monitor {
+    pub fn status(&self) -> PowerStatus {
+        self.lock().status.clone()
+    }
+
+    /// `status`'s power fields at the last request's `tokens_per_s`.
+    pub fn report(&self, tokens_per_s: f64) -> PowerReport {
+        let joules = self.joules_per_token(tokens_per_s);
+        PowerReport {
+            power: self.status(),
+            joules_per_token: joules.map(|(j, _)| j),
+            joules_per_token_source: joules.map(|(_, source)| source),
+        }
+    }
+
+    /// Joules per generated token at `tokens_per_s` and where the power figure comes from
+    /// ("sensor" or "estimate"); `None` before anything was generated.
+    pub fn joules_per_token(&self, tokens_per_s: f64) -> Option<(f64, &'static str)> {
+        if !tokens_per_s.is_finite() || tokens_per_s <= 0.0 {
+            return None;
+        }
+        let seen = self.lock();
+        let (watts, source) = match seen.sensor_w {
+            Some(w) => (w, "sensor"),
+            None => {
+                let gbps = self.bytes_per_token * tokens_per_s / 1e9;
+                (
+                    PI5.watts(seen.status.decode_threads, PI5.full_khz, gbps),
+                    "estimate",
+                )
+            }
+        };
+        Some((watts / tokens_per_s, source))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Calibrates (balanced and powersave), makes the first decision, and starts the governor
+/// thread. The model's pool must already have its threads.
+pub fn start(settings: Settings, root: SysRoot, model: &mut Model) -> Arc<Monitor> {
+    let plan = model.pool().plan_handle();
+    let max_threads = model.pool().capacity();
+    let machine = Machine::read(&root);
+    let mut governor = Governor::new(settings, max_threads);
+    let fast = machine.fast_cores();
+    if machine.cpus.is_empty() {
+        log::info!(
+            "power: no CPUs under {}/sys/devices/system/cpu: {max_threads} threads, unpinned",
+            root.root().display()
+        );
+    }
+    if matches!(
+        governor.settings().policy,
+        Policy::Balanced | Policy::Powersave
+    ) {
+        let counts = if fast.is_empty() {
+            max_threads
+        } else {
+            fast.len().min(max_threads)
+        };
+        let cores = allowed(&fast);
+        // On its own thread: the calibration pins its caller, which must not be ours.
+        let started = Instant::now();
+        let curve = std::thread::scope(|s| {
+            s.spawn(|| calibrate(model, &plan, counts, &cores, CALIBRATION))
+                .join()
+                .ok()
+                .flatten()
+        });
+        match curve {
+            Some(curve) => {
+                let speeds: Vec<String> = curve
+                    .values()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{} thread(s) {v:.1}", i + 1))
+                    .collect();
+                log::info!(
+                    "power: calibrated decode tokens/s in {:.0} ms: {}",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    speeds.join(", ")
+                );
+                governor.set_speed(curve);
+            }
+            None => log::warn!("power: the calibration failed; balanced uses every fast core"),
+        }
+    }
+    let epoch = Instant::now();
+    let decision = governor.decide(&machine, Duration::ZERO);
+    let monitor = Arc::new(Monitor {
+        state: Mutex::new(Seen {
+            status: status_of(&decision, &machine),
+            sensor_w: None,
+            energy: None,
+        }),
+        bytes_per_token: model.gguf.bytes().len() as f64,
+    });
+    monitor.observe(&decision, &machine);
+    apply(&plan, &decision, None);
+    let shared = Arc::clone(&monitor);
+    let spawned = std::thread::Builder::new()
+        .name("power".into())
+        .spawn(move || {
+            let mut last = decision;
+            loop {
+                std::thread::sleep(INTERVAL);
+                let machine = Machine::read(&root);
+                let decision = governor.decide(&machine, epoch.elapsed());
+                apply(&plan, &decision, Some(&last));
+                shared.observe(&decision, &machine);
+                last = decision;
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("power: cannot start the governor thread ({e}); the first decision stays");
+    }
+    monitor
+}
+
+impl Monitor {
+    fn observe(&self, decision: &Decision, machine: &Machine) {
+        let mut seen = self.lock();
+        seen.status = status_of(decision, machine);
+        seen.sensor_w = None;
+        if let Some(sensor) = &machine.sensor {
+            match sensor.kind {
+                SensorKind::PowerMicrowatts => seen.sensor_w = Some(sensor.micro as f64 / 1e6),
+                SensorKind::EnergyMicrojoules => {
+                    let now = Instant::now();
+                    if let Some((before, then)) = seen.energy
+                        && sensor.micro > before
+                    {
+                        let dt = now.duration_since(then).as_secs_f64();
+                        seen.sensor_w = Some((sensor.micro - before) as f64 / 1e6 / dt);
+                    }
+                    seen.energy = Some((sensor.micro, now));
+                }
+            }
+        }
+    }
+}
+
+/// Hands the plan to the pool and logs a change with its reason.
+fn apply(plan: &PlanHandle, decision: &Decision, last: Option<&Decision>) {
+    if last.is_some_and(|l| l.same_threads(decision)) {
+        return;
+    }
+    log::info!(
+        "power: decode {} / prefill {} threads on cores {:?}: {}",
+        decision.decode_threads,
+        decision.prefill_threads,
+        decision.cores,
+        decision.reason
+    );
+    *plan.lock().unwrap_or_else(PoisonError::into_inner) = Some(Plan {
+        decode_threads: decision.decode_threads,
+        prefill_threads: decision.prefill_threads,
+        cores: allowed(&decision.cores),
+    });
+}
+
+/// `cores` when this process may run on all of them (a cpuset or `taskset` may forbid
+/// some), else none: no pinning.
+fn allowed(cores: &[usize]) -> Vec<usize> {
+    let Some(ids) = core_affinity::get_core_ids() else {
+        return Vec::new();
+    };
+    if cores.iter().all(|c| ids.iter().any(|id| id.id == *c)) {
+        cores.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+pub fn status_of(d: &Decision, m: &Machine) -> PowerStatus {
+    PowerStatus {
+        policy: d.policy,
+        temperature_c: m.temperature_c,
+        throttled: m.throttled(),
+        decode_threads: d.decode_threads,
+        prefill_threads: d.prefill_threads,
+        cores: d.cores.clone(),
+        reason: d.reason.clone(),
+        on_battery: m.supply.on_battery,
+        battery_percent: m.supply.battery_percent,
+    }
+}
+
+/// The pool size for `threads = 0`: one thread per fast core this process may use (every
+/// core it may use when sysfs shows none).
+pub fn one_per_fast_core(root: &SysRoot) -> usize {
+    let fast = allowed_subset(&Machine::read(root).fast_cores());
+    if !fast.is_empty() {
+        return fast.len();
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The cores of `cores` this process may run on.
+fn allowed_subset(cores: &[usize]) -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) => cores
+            .iter()
+            .copied()
+            .filter(|c| ids.iter().any(|id| id.id == *c))
+            .collect(),
+        None => cores.to_vec(),
+    }
+}

@@ -1,0 +1,263 @@
+//! A passively cooled Raspberry Pi 5 serving back-to-back requests for half an hour, with the
+//! real governor choosing the threads (`bitnetd power --simulate`).
+//!
+//! Modelled, not measured: the thermal model, the firmware's throttling, the board's power
+//! and the Pi's memory bandwidth are stated constants ([`Pi5Model`], README "Power"); the
+//! speed model's shape (decode tokens/s follow the memory bandwidth the threads get, at the
+//! fraction bitnetd reaches, and prefill scales with threads as measured) comes from
+//! `bitnetd bench` at -t 1 and -t 2 on the development machine.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::cpus::Cpu;
+use super::energy::{PI5, PowerModel};
+use super::machine::Machine;
+use super::policy::{Governor, Policy, Settings};
+use super::speed::SpeedCurve;
+use super::supply::Supply;
+use super::throttle::Throttle;
+
+/// Every constant of the simulated board and workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pi5Model {
+    pub ambient_c: f64,
+    /// SoC to air through the board and a closed plastic case, K/W.
+    pub thermal_resistance_k_per_w: f64,
+    /// SoC, package and the board copper around it, J/K.
+    pub heat_capacity_j_per_k: f64,
+    /// Board draw that does not heat the SoC (PMIC losses, RP1, Ethernet PHY, USB), W.
+    pub off_soc_w: f64,
+    pub power: PowerModel,
+    /// The firmware's soft limit (clock steps down) and hard limit (minimum clock), °C.
+    pub firmware_soft_c: f64,
+    pub firmware_hard_c: f64,
+    pub max_khz: f64,
+    pub min_khz: f64,
+    /// One firmware clock step each `firmware_tick_s`, kHz.
+    pub step_khz: f64,
+    pub firmware_tick_s: f64,
+    /// DRAM read bandwidth one A76 core gets, and all four together, GB/s.
+    pub one_core_gbps: f64,
+    pub all_cores_gbps: f64,
+    /// Decode's share of that bandwidth (measured: `bitnetd bench`'s decode GiB/s against
+    /// the read bandwidth measured after each repetition).
+    pub decode_share: f64,
+    /// Bytes a decode step reads (BitNet b1.58 2B-4T with `--head q8`).
+    pub bytes_per_token: f64,
+    /// One core's compute-bound decode speed over its memory-bound one, at full clock.
+    pub compute_headroom: f64,
+    /// Prefill tokens/s on one thread over decode tokens/s on one thread (measured).
+    pub prefill_over_decode: f64,
+    /// Prefill speed grows as threads^this (measured from -t 1 and -t 2).
+    pub prefill_scaling_exponent: f64,
+    pub prompt_tokens: usize,
+    pub reply_tokens: usize,
+}
+
+impl Default for Pi5Model {
+    fn default() -> Self {
+        Pi5Model {
+            ambient_c: 25.0,
+            thermal_resistance_k_per_w: 12.0,
+            heat_capacity_j_per_k: 15.0,
+            off_soc_w: 1.2,
+            power: PI5,
+            firmware_soft_c: 80.0,
+            firmware_hard_c: 85.0,
+            max_khz: 2_400_000.0,
+            min_khz: 1_500_000.0,
+            step_khz: 100_000.0,
+            firmware_tick_s: 0.5,
+            one_core_gbps: 6.0,
+            all_cores_gbps: 9.0,
+            decode_share: 0.89,
+            bytes_per_token: 0.85e9,
+            compute_headroom: 1.25,
+            prefill_over_decode: 3.4,
+            prefill_scaling_exponent: 0.79,
+            prompt_tokens: 64,
+            reply_tokens: 128,
+        }
+    }
+}
+
+const CORES: usize = 4;
+const STEP_S: f64 = 0.05;
+/// The governor's period in the daemon (`daemon::INTERVAL`).
+const GOVERNOR_S: f64 = 2.0;
+
+impl Pi5Model {
+    /// DRAM bandwidth `threads` cores get together: each adds the same share of what is
+    /// left, saturating at `all_cores_gbps`.
+    pub fn bandwidth_gbps(&self, threads: usize) -> f64 {
+        let left = 1.0 - self.one_core_gbps / self.all_cores_gbps;
+        self.all_cores_gbps * (1.0 - left.powi(threads as i32))
+    }
+
+    /// Decode tokens/s: memory-bound, unless the clock is too low for the cores to keep up.
+    pub fn decode_tokens_per_s(&self, threads: usize, khz: f64) -> f64 {
+        let memory = self.decode_share * self.bandwidth_gbps(threads) * 1e9 / self.bytes_per_token;
+        let one_core = self.decode_share * self.one_core_gbps * 1e9 / self.bytes_per_token;
+        let compute = threads as f64 * one_core * self.compute_headroom * khz / self.max_khz;
+        memory.min(compute)
+    }
+
+    pub fn prefill_tokens_per_s(&self, threads: usize, khz: f64) -> f64 {
+        let one = self.decode_tokens_per_s(1, self.max_khz) * self.prefill_over_decode;
+        one * (threads as f64).powf(self.prefill_scaling_exponent) * khz / self.max_khz
+    }
+
+    /// What the daemon's calibration would measure on the cool board at start.
+    pub fn calibration(&self) -> SpeedCurve {
+        let speeds = (1..=CORES)
+            .map(|n| self.decode_tokens_per_s(n, self.max_khz))
+            .collect();
+        SpeedCurve::new(speeds).expect("the model's speeds are positive")
+    }
+}
+
+/// One policy's half hour.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub policy: Policy,
+    /// Generated tokens over the whole run, per second.
+    pub tokens_per_s: f64,
+    /// Seconds with the firmware's clock under its maximum or the SoC over its soft limit.
+    pub throttled_s: f64,
+    pub max_temperature_c: f64,
+    /// Board energy over generated tokens (prefill included).
+    pub joules_per_token: f64,
+    pub mean_watts: f64,
+    /// Seconds spent decoding with 1, 2, 3, 4 threads.
+    pub decode_thread_s: [f64; CORES],
+}
+
+/// Runs `policy` for `length` of back-to-back requests from a board at ambient temperature.
+pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
+    let settings = Settings {
+        policy,
+        ..Settings::default()
+    };
+    let mut governor = Governor::new(settings, CORES);
+    governor.set_speed(model.calibration());
+    let mut machine = pi5_machine();
+    let mut temp =
+        model.ambient_c + (model.power.idle_w - model.off_soc_w) * model.thermal_resistance_k_per_w;
+    let mut khz = model.max_khz;
+    let (mut t, mut next_governor, mut next_tick) = (0.0, 0.0, 0.0);
+    let (mut energy, mut generated, mut throttled_s, mut max_temp) = (0.0, 0.0, 0.0, temp);
+    let mut decode_thread_s = [0.0; CORES];
+    let (mut decode, mut prefill) = (CORES, CORES);
+    // Where the current request is: prompt tokens left, then reply tokens left.
+    let (mut prompt_left, mut reply_left) = (model.prompt_tokens as f64, model.reply_tokens as f64);
+    let end = length.as_secs_f64();
+    while t < end {
+        if t >= next_governor {
+            machine.temperature_c = Some(temp);
+            machine.throttle = Some(firmware_flags(model, temp, khz));
+            let d = governor.decide(&machine, Duration::from_secs_f64(t));
+            (decode, prefill) = (d.decode_threads, d.prefill_threads);
+            next_governor += GOVERNOR_S;
+        }
+        if t >= next_tick {
+            khz = firmware_clock(model, temp, khz);
+            next_tick += model.firmware_tick_s;
+        }
+        // Work for one step: the prompt first, then the reply.
+        let (busy, gbps) = if prompt_left > 0.0 {
+            prompt_left -= model.prefill_tokens_per_s(prefill, khz) * STEP_S;
+            // Prefill reads the weights once per batch: little traffic.
+            (
+                prefill,
+                model.bytes_per_token / 1e9 / model.prompt_tokens as f64,
+            )
+        } else {
+            let rate = model.decode_tokens_per_s(decode, khz);
+            let made = (rate * STEP_S).min(reply_left);
+            reply_left -= made;
+            generated += made;
+            decode_thread_s[decode - 1] += STEP_S;
+            if reply_left <= 0.0 {
+                (prompt_left, reply_left) = (model.prompt_tokens as f64, model.reply_tokens as f64);
+            }
+            (decode, rate * model.bytes_per_token / 1e9)
+        };
+        let watts = model.power.watts(busy, khz, gbps);
+        energy += watts * STEP_S;
+        let heat = watts - model.off_soc_w;
+        let cooling = (temp - model.ambient_c) / model.thermal_resistance_k_per_w;
+        temp += (heat - cooling) * STEP_S / model.heat_capacity_j_per_k;
+        max_temp = f64::max(max_temp, temp);
+        if khz < model.max_khz || temp >= model.firmware_soft_c {
+            throttled_s += STEP_S;
+        }
+        t += STEP_S;
+    }
+    Outcome {
+        policy,
+        tokens_per_s: generated / end,
+        throttled_s,
+        max_temperature_c: max_temp,
+        joules_per_token: energy / generated.max(1e-9),
+        mean_watts: energy / end,
+        decode_thread_s,
+    }
+}
+
+/// The firmware's next clock: down a step per tick from the soft limit, the minimum from
+/// the hard limit, back up a step per tick under the soft limit.
+fn firmware_clock(model: &Pi5Model, temp: f64, khz: f64) -> f64 {
+    if temp >= model.firmware_hard_c {
+        model.min_khz
+    } else if temp >= model.firmware_soft_c {
+        (khz - model.step_khz).max(model.min_khz)
+    } else {
+        (khz + model.step_khz).min(model.max_khz)
+    }
+}
+
+/// `get_throttled` as the firmware would show it: frequency capped, throttled, soft limit.
+fn firmware_flags(model: &Pi5Model, temp: f64, khz: f64) -> Throttle {
+    let mut bits = 0;
+    if khz < model.max_khz {
+        bits |= 0b110;
+    }
+    if temp >= model.firmware_soft_c {
+        bits |= 0b1000;
+    }
+    Throttle(bits | (bits << 16))
+}
+
+fn pi5_machine() -> Machine {
+    let cpus = (0..CORES)
+        .map(|id| Cpu {
+            id,
+            online: true,
+            capacity: Some(1024),
+            max_khz: Some(2_400_000),
+            cur_khz: Some(2_400_000),
+            scaling_max_khz: Some(2_400_000),
+            governor: Some("ondemand".into()),
+            cluster: Some(0),
+        })
+        .collect();
+    Machine {
+        cpus,
+        zones: Vec::new(),
+        temperature_c: None,
+        passive_trip_c: None,
+        throttle: None,
+        supply: Supply::default(),
+        sensor: None,
+    }
+}
+
+/// The three policies the issue compares.
+pub fn compare(model: &Pi5Model, length: Duration) -> Vec<Outcome> {
+    [Policy::Performance, Policy::Balanced, Policy::Powersave]
+        .into_iter()
+        .map(|p| run(model, p, length))
+        .collect()
+}
