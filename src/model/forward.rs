@@ -5,11 +5,10 @@
 //! a last-bit difference anywhere can flip an int8 activation downstream and grow into a
 //! visible one: RMSNorm adds f32 squares in double; RoPE angles are built by repeated
 //! multiplication in f32 and the rotation fuses one product (`fma(x0, c, -(x1 * s))`);
-//! a batch's attention scores are F16-rounded queries times the F16 cache in
-//! `vec_dot_f16`'s 64 lanes, one token's are f32 queries in tinyBLAS's 16; softmax and SiLU
-//! use ggml's vectorized `expf`; probabilities stay f32 against F16 values, and the tied
-//! output projection takes f32 activations, both in tinyBLAS's 16 lanes (see
-//! `bitnet_kernels::scalar::F16Sum`).
+//! softmax and SiLU use ggml's vectorized `expf`; F16 products run as ggml chooses them
+//! ([`ggml_product`], `bitnet_kernels::scalar::F16Sum`): tinyBLAS on f32 activations for two
+//! or more tokens, `vec_dot_f16` on activations rounded to f16 for one, and always
+//! `vec_dot_f16` for the attention scores (queries rounded to f16).
 //!
 //! Matrix products are split by output rows, attention by heads, and the per-token steps
 //! between them (norms, quantization, RoPE, residuals) by blocks of whole tokens, over
