@@ -384,20 +384,19 @@ fn long_prompt(tokenizer: &Tokenizer) -> (String, usize) {
     (text, n)
 }
 
-/// The peak resident set (VmHWM, kB) of a running child, polled until it exits; its exit
-/// status too.
+/// The peak resident set (VmHWM, kB) of a running process.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits for `child` to exit, polling its peak resident set; its exit status and the last
+/// peak seen (kB).
 fn wait_with_peak_rss(child: &mut Child) -> (std::process::ExitStatus, u64) {
     let mut peak = 0;
     loop {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
-            if let Some(kb) = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            {
-                peak = kb;
-            }
-        }
+        peak = peak_rss_kb(child.id()).unwrap_or(peak);
         if let Some(status) = child.try_wait().unwrap() {
             return (status, peak);
         }
@@ -474,12 +473,7 @@ fn a_4000_token_prompt_runs_in_run_and_serve() {
     client.writer.set_read_timeout(None).unwrap();
     client.send(&daemon::request("long", &text, 4));
     let (_, done) = client.finish("long");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", serve.id())).unwrap();
-    let peak: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap();
+    let peak = peak_rss_kb(serve.id()).unwrap();
     let _ = serve.kill();
     let _ = serve.wait();
     assert_eq!(done["finish_reason"], "length", "{done}");
