@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use bitnet_kernels::scalar::{self, LaneSum};
+use bitnet_kernels::scalar::{self, F16Sum};
 use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
@@ -89,7 +89,7 @@ fn i2s_matmul(c: &mut Criterion) {
     }
 }
 
-type F16Kernel = fn(&[f16], usize, &[f16], LaneSum, &mut OutRows, &mut Vec<f32>);
+type F16Kernel = fn(&[f16], usize, &[f32], F16Sum, &mut OutRows, &mut Vec<f32>);
 
 /// The tied output projection for one token: 2B-4T's (vocab 50257 x 2560, F16) and
 /// the tiny model's (50257 x 256, which fits in L3).
@@ -108,8 +108,6 @@ fn f16_head(c: &mut Criterion) {
         let x: Vec<f32> = (0..cols)
             .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
             .collect();
-        let mut x16 = Vec::new();
-        scalar::round_to_f16(&x, &mut x16);
         for &(name, kernel) in &kernels {
             let mut group = c.benchmark_group(name);
             group.sample_size(10);
@@ -121,8 +119,8 @@ fn f16_head(c: &mut Criterion) {
                     kernel(
                         black_box(&w),
                         cols,
-                        &x16,
-                        LaneSum::InOrder,
+                        &x,
+                        F16Sum::VecDot,
                         &mut out,
                         &mut scratch,
                     )

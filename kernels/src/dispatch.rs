@@ -7,7 +7,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::q8::Q8Matrix;
-use crate::scalar::LaneSum;
+use crate::scalar::F16Sum;
 use crate::tl1::{Tl1Matrix, tl1_pack};
 use crate::{ActsBlock, I2sMatrix, OutRows, QuantizedActs, scalar};
 
@@ -209,25 +209,26 @@ impl Kernel {
         src.convert_to_f32_slice(dst)
     }
 
-    /// The F16 output projection (bit-identical on every path).
+    /// An F16 matrix times f32 activations, summed as `sum` says (bit-identical on every
+    /// path).
     pub fn f16_matmul(
         self,
         w: &[f16],
         cols: usize,
-        x16: &[f16],
-        lanes: LaneSum,
+        x: &[f32],
+        sum: F16Sum,
         out: &mut OutRows,
         scratch: &mut Vec<f32>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
-            return crate::x86_64::f16_matmul_avx2(w, cols, x16, lanes, out, scratch);
+            return crate::x86_64::f16_matmul_avx2(w, cols, x, sum, out, scratch);
         }
         #[cfg(target_arch = "aarch64")]
         if self != Kernel::Scalar {
-            return crate::aarch64::f16_matmul_neon(w, cols, x16, lanes, out, scratch);
+            return crate::aarch64::f16_matmul_neon(w, cols, x, sum, out, scratch);
         }
-        scalar::f16_matmul(w, cols, x16, lanes, out, scratch)
+        scalar::f16_matmul(w, cols, x, sum, out, scratch)
     }
 }
 

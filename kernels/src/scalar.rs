@@ -75,75 +75,174 @@ pub fn i2s_matmul(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows) {
     }
 }
 
-/// Rounds activations to f16, as ggml does before an F16 matrix product.
+/// Rounds activations to f16, as ggml does before its own F16 dot product.
 pub fn round_to_f16(x: &[f32], out: &mut Vec<f16>) {
     out.clear();
     out.resize(x.len(), f16::ZERO);
     out.convert_from_f32_slice(x);
 }
 
-/// The order in which the eight lane totals of an F16 dot product are added up. bitnet.cpp's
-/// x86 build uses two, and an int8 rounding flip downstream turns the last-bit difference
-/// into a visible one, so each caller names the one it reproduces.
+/// How an F16 matrix product adds up its products. bitnet.cpp's x86 build (AVX-512) uses
+/// two schemes, and an int8 rounding flip downstream turns a last-bit difference into a
+/// visible one, so each caller names the one ggml uses there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LaneSum {
-    /// `l0 + l1 + … + l7` (ggml's dot loop: the output projection, one-token attention).
-    InOrder,
-    /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, llamafile's horizontal sum
-    /// (its F16 GEMM: attention scores of a batch).
-    Halving,
+pub enum F16Sum {
+    /// llamafile's tinyBLAS, ggml's GEMM for F16 weights times f32 activations (the output
+    /// projection, one token's attention scores, probabilities times values): column `c`
+    /// goes to lane `c % 16`, each lane a chain of fused multiply-adds, then the sixteen
+    /// lanes are added pairwise, halves first ([`halving_sum`]). Needs whole lanes: the
+    /// column count is a multiple of 16 (llamafile refuses other shapes).
+    Gemm,
+    /// ggml's `vec_dot_f16` (a batch's attention scores, queries rounded to f16): 64 lanes
+    /// (four vectors of 16) of fused multiply-adds, the vectors folded (0 + 2, 1 + 3, then
+    /// together), the sixteen lanes halved down, then the columns past the last whole 64
+    /// added in double.
+    VecDot,
 }
 
-impl LaneSum {
-    pub fn total(self, l: &[f32; 8]) -> f32 {
+impl F16Sum {
+    /// Lanes of partial sums: column `c` accumulates into lane `c % lanes()`.
+    pub const fn lanes(self) -> usize {
         match self {
-            LaneSum::InOrder => l.iter().sum(),
-            LaneSum::Halving => {
-                let h = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
-                (h[0] + h[2]) + (h[1] + h[3])
+            F16Sum::Gemm => 16,
+            F16Sum::VecDot => 64,
+        }
+    }
+
+    /// The product from its lane totals (`lanes()` of them) and the products of the
+    /// columns past the last whole set of lanes.
+    pub fn total(self, lanes: &[f32], tail: impl Iterator<Item = f32>) -> f32 {
+        match self {
+            F16Sum::Gemm => {
+                let mut sum = halving_sum(lanes.try_into().expect("16 lanes"));
+                // Never taken by ggml's shapes (see the variant); kept in order for others.
+                tail.for_each(|p| sum += p);
+                sum
+            }
+            F16Sum::VecDot => {
+                let folded: [f32; 16] = std::array::from_fn(|i| {
+                    (lanes[i] + lanes[32 + i]) + (lanes[16 + i] + lanes[48 + i])
+                });
+                let mut sum = f64::from(halving_sum(&folded));
+                tail.for_each(|p| sum += f64::from(p));
+                sum as f32
             }
         }
     }
 }
 
-/// Dot product in f32 with eight partial sums (the summation shape of ggml's SIMD loop).
-pub fn dot_f32(a: &[f32], b: &[f32], lanes: LaneSum) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += ca[l] * cb[l];
+/// The horizontal sum of a 16-lane vector as `_mm512_reduce_add_ps` compiles: lane `i`
+/// plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
+pub fn halving_sum(lanes: &[f32; 16]) -> f32 {
+    let mut v = *lanes;
+    let mut half = 8;
+    while half > 0 {
+        for i in 0..half {
+            v[i] += v[i + half];
         }
+        half /= 2;
     }
-    let mut sum = lanes.total(&acc);
-    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        sum += x * y;
-    }
-    sum
+    v[0]
 }
 
-/// `out[t][r] = W[r] · x16[t]` for the rows `out.rows()` of an F16 matrix of `cols`
-/// columns (the tied output embedding). `x16` holds the tokens already rounded to f16;
-/// `scratch` is reused.
+/// `w · x` summed as `sum` says (`w` already widened to f32).
+pub fn dot_f32(w: &[f32], x: &[f32], sum: F16Sum) -> f32 {
+    let n = sum.lanes();
+    let body = w.len() / n * n;
+    let mut lanes = [0f32; 64];
+    for (c, (&a, &b)) in w[..body].iter().zip(&x[..body]).enumerate() {
+        lanes[c % n] = a.mul_add(b, lanes[c % n]);
+    }
+    let tail = w[body..].iter().zip(&x[body..]).map(|(&a, &b)| a * b);
+    sum.total(&lanes[..n], tail)
+}
+
+/// `out[t][r] = W[r] · x[t]` for the rows `out.rows()` of an F16 matrix of `cols`
+/// columns, summed as `sum` says. `x` holds the tokens' f32 activations; `scratch` is
+/// reused.
 pub fn f16_matmul(
     w: &[f16],
     cols: usize,
-    x16: &[f16],
-    lanes: LaneSum,
+    x: &[f32],
+    sum: F16Sum,
     out: &mut OutRows,
     scratch: &mut Vec<f32>,
 ) {
-    let n_tokens = x16.len() / cols;
-    scratch.resize(cols * (n_tokens + 1), 0.0);
-    let (row, xs) = scratch.split_at_mut(cols);
-    x16.convert_to_f32_slice(xs);
+    let n_tokens = x.len() / cols;
+    scratch.resize(cols, 0.0);
     let start = out.rows().start;
     for r in out.rows() {
-        w[r * cols..(r + 1) * cols].convert_to_f32_slice(row);
+        w[r * cols..(r + 1) * cols].convert_to_f32_slice(scratch);
         for t in 0..n_tokens {
-            out.token(t)[r - start] = dot_f32(row, &xs[t * cols..(t + 1) * cols], lanes);
+            out.token(t)[r - start] = dot_f32(scratch, &x[t * cols..(t + 1) * cols], sum);
         }
     }
+}
+
+/// ggml's vectorized `expf` (AVX-512 build): a degree-5 polynomial on `x - n ln 2`,
+/// scaled by `2^n`, with fused multiply-adds throughout; 0 below about -104, infinity
+/// above about 88. Within 1.5 ulp of `exp`, and what ggml's softmax and SiLU use.
+pub fn ggml_expf(x: f32) -> f32 {
+    const SHIFT: f32 = 12582912.0; // 0x1.8p23: adding it rounds to an integer
+    let z = x.mul_add(LOG2_E, SHIFT);
+    let n = z - SHIFT;
+    let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = C5
+        .mul_add(b, C4)
+        .mul_add(u, C3.mul_add(b, C2))
+        .mul_add(u, C1.mul_add(b, 1.0));
+    // j · 2^n, rounded once (n is an integer in [-192, 192]; the product is exact in f64).
+    (f64::from(j) * 2f64.powi(n as i32)) as f32
+}
+
+// The constants of [`ggml_expf`]: log2(e), ln 2 in two parts, the polynomial.
+const LOG2_E: f32 = f32::from_bits(0x3fb8_aa3b); // 0x1.715476p+0
+const LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 0x1.62e4p-1
+const LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 0x1.7f7d1cp-20
+const C1: f32 = f32::from_bits(0x3f7f_fff6); // 0x1.ffffecp-1
+const C2: f32 = f32::from_bits(0x3eff_fedb); // 0x1.fffdb6p-2
+const C3: f32 = f32::from_bits(0x3e2a_af33); // 0x1.555e66p-3
+const C4: f32 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
+const C5: f32 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
+
+/// Softmax of `x` in place as ggml computes it (AVX-512 build): the maximum, then
+/// [`ggml_expf`] of `x - max` sixteen at a time, each block's sum in f32
+/// ([`halving_sum`]) added to a double, then every value times `(f32)(1 / sum)`. ggml's
+/// rows are padded with masked entries (-inf, so 0) to a multiple of 32, so its libm
+/// tail never runs: a short last block here is that block with its zeros.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let body = x.len() / 16 * 16;
+    let mut sum = 0f64;
+    for block in x[..body].chunks_exact_mut(16) {
+        let mut e = [0f32; 16];
+        for (e, v) in e.iter_mut().zip(block.iter_mut()) {
+            *v = ggml_expf(*v - max);
+            *e = *v;
+        }
+        sum += f64::from(halving_sum(&e));
+    }
+    // The tail as one more block padded with zeros: the padding ggml's rows have.
+    if body < x.len() {
+        let mut e = [0f32; 16];
+        for (e, v) in e.iter_mut().zip(x[body..].iter_mut()) {
+            *v = ggml_expf(*v - max);
+            *e = *v;
+        }
+        sum += f64::from(halving_sum(&e));
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// ggml's SiLU (AVX-512 build), `x / (1 + expf(-x))` with [`ggml_expf`]. ggml uses libm's
+/// `expf` for the last `len % 16` values of a row; callers' rows are multiples of 16.
+pub fn ggml_silu(x: f32) -> f32 {
+    x / (1.0 + ggml_expf(0.0 - x))
 }
 
 /// Q8_0: blocks of 32 int8 values with one f16 scale (34 bytes).

@@ -1,9 +1,14 @@
 //! The forward pass, step by step as bitnet.cpp's `build_bitnet_158` graph computes it.
 //!
-//! Numerics follow ggml where it matters for parity: RMSNorm sums squares in double,
-//! RoPE angles are built by repeated multiplication in f32, attention multiplies
-//! F16-rounded queries with the F16 KV cache and F16-rounded probabilities with V,
-//! and the tied output projection uses F16-rounded activations.
+//! Numerics follow bitnet.cpp's x86 build (ggml with AVX-512 and FMA, llamafile's
+//! tinyBLAS, compiled by clang with `-ffp-contract=on`) operation for operation, because
+//! a last-bit difference anywhere can flip an int8 activation downstream and grow into a
+//! visible one: RMSNorm adds f32 squares in double; RoPE angles are built by repeated
+//! multiplication in f32 and the rotation fuses one product (`fma(x0, c, -(x1 * s))`);
+//! softmax and SiLU use ggml's vectorized `expf`; F16 products run as ggml chooses them
+//! ([`ggml_product`], `bitnet_kernels::scalar::F16Sum`): tinyBLAS on f32 activations for two
+//! or more tokens, `vec_dot_f16` on activations rounded to f16 for one, and always
+//! `vec_dot_f16` for the attention scores (queries rounded to f16).
 //!
 //! Matrix products are split by output rows, attention by heads, and the per-token steps
 //! between them (norms, quantization, RoPE, residuals) by blocks of whole tokens, over
@@ -14,7 +19,7 @@ use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use bitnet_kernels::dispatch::Kernel;
-use bitnet_kernels::scalar::{self, LaneSum};
+use bitnet_kernels::scalar::{self, F16Sum};
 use bitnet_kernels::{OutRows, QuantizedActs, RowsOut};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -37,7 +42,8 @@ const ROW_ALIGN: usize = 16;
 pub struct Session {
     n_ctx: usize,
     n_past: usize,
-    /// `[layer][position][n_embd_kv]`, F16 like llama.cpp's default cache.
+    /// F16 like llama.cpp's default cache. Keys `[layer][kv head][position][head_dim]`,
+    /// values transposed as llama.cpp keeps them, `[layer][kv head][head_dim][position]`.
     k_cache: Vec<f16>,
     v_cache: Vec<f16>,
     buf: Buffers,
@@ -56,7 +62,9 @@ struct Buffers {
     proj: Vec<f32>,
     acts: QuantizedActs,
     logits: Vec<f32>,
-    head_in: Vec<f16>,
+    /// The output projection's activations (rounded through f16 for one token).
+    head_in: Vec<f32>,
+    head16: Vec<f16>,
     head_q8: Vec<u8>,
     rope: RopeTable,
     /// One per compute thread, taken by thread index (so never contended).
@@ -65,30 +73,31 @@ struct Buffers {
 
 /// What one compute thread needs for itself.
 struct ThreadScratch {
-    /// One head's queries of a block of tokens, rotated and contiguous for the F16 product.
-    q_head: Vec<f16>,
-    /// Attention scores of a block of queries over the visible cache, `[token][key]`.
+    /// One head's queries of a block of tokens, rotated, contiguous for the F16 product.
+    q_head: Vec<f32>,
+    q16: Vec<f16>,
+    /// Attention scores, then probabilities, of a block of queries over the visible
+    /// cache padded to whole lanes, `[token][key]`.
     scores: Vec<f32>,
-    p16: Vec<f16>,
-    /// A chunk of one head's values in f32, and the f64 sums of the one-token attention
-    /// output.
-    v_rows: Vec<f32>,
-    sums: Vec<f64>,
-    /// Scratch of the F16 products (attention scores, output projection rows).
+    /// One head's transposed values over the same keys, `[head_dim][key]`, and the
+    /// block's output, `[token][head_dim]`.
+    values: Vec<f16>,
+    out: Vec<f32>,
+    /// Scratch of the F16 products.
     row: Vec<f32>,
 }
 
 impl ThreadScratch {
     /// Room for a full context up front, so that decoding never grows these buffers.
     fn new(hp: &HParams, n_ctx: usize) -> Self {
-        let hd = hp.head_dim;
+        let (hd, keys) = (hp.head_dim, n_ctx.next_multiple_of(LANES));
         ThreadScratch {
             q_head: Vec::with_capacity(hd),
-            scores: Vec::with_capacity(n_ctx),
-            p16: Vec::with_capacity(n_ctx),
-            v_rows: Vec::with_capacity(VALUE_CHUNK * hd),
-            sums: Vec::with_capacity(hd),
-            row: Vec::with_capacity(2 * hp.n_embd.max(hd)),
+            q16: Vec::with_capacity(hd),
+            scores: Vec::with_capacity(keys),
+            values: Vec::with_capacity(hd * keys),
+            out: Vec::with_capacity(hd),
+            row: Vec::with_capacity(hp.n_embd.max(hd)),
         }
     }
 }
@@ -263,7 +272,7 @@ impl Model {
             bitlinear(pool, kernel, gate_up, file, &b.acts);
             let (up, sub_norm) = (&b.up, layer.ffn_sub_norm.as_deref());
             steps.projection_input(&mut b.gate, sub_norm, &mut b.acts, |t, gate| {
-                gated_activation(hp.arch, gate, &up[t.start * ff..t.end * ff]);
+                gated_activation(hp.arch, ff, gate, &up[t.start * ff..t.end * ff]);
             });
             bitlinear(pool, kernel, [(&layer.down, &mut b.proj)], file, &b.acts);
         }
@@ -346,13 +355,19 @@ impl Model {
         }
         match ggml_type {
             GgmlType::F16 => {
-                scalar::round_to_f16(&b.xn, &mut b.head_in);
-                let (w, x16): (&[f16], &[f16]) = (bytemuck::cast_slice(table), &b.head_in);
+                // One token: ggml's own dot product on activations rounded to f16; more:
+                // tinyBLAS on the f32 activations (see `ggml_product`).
+                let sum = ggml_product(n);
+                b.head_in.clear();
+                b.head_in.extend_from_slice(&b.xn);
+                if sum == F16Sum::VecDot {
+                    round_through_f16(&mut b.head_in, &mut b.head16);
+                }
+                let (w, x): (&[f16], &[f32]) = (bytemuck::cast_slice(table), &b.head_in);
                 pool.run(&|thread| {
                     let row = &mut scratch(threads, thread).row;
                     while let Some(mut part) = logits.next_chunk() {
-                        self.kernel
-                            .f16_matmul(w, d, x16, LaneSum::InOrder, &mut part, row);
+                        self.kernel.f16_matmul(w, d, x, sum, &mut part, row);
                     }
                 });
             }
@@ -367,8 +382,7 @@ impl Model {
                             self.embedding_row(r, row);
                             for t in 0..n {
                                 let x = &xn[t * d..(t + 1) * d];
-                                part.token(t)[r - start] =
-                                    scalar::dot_f32(row, x, LaneSum::InOrder);
+                                part.token(t)[r - start] = scalar::dot_f32(row, x, F16Sum::Gemm);
                             }
                         }
                     }
@@ -504,8 +518,8 @@ impl<'a> TokenSteps<'a> {
     }
 }
 
-/// RMSNorm of each row of `x` into `out`, of the same length (ggml: sum of squares in
-/// double, scale in f32).
+/// RMSNorm of each row of `x` into `out`, of the same length (ggml: squares in f32
+/// added in double, scale in f32).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     out.copy_from_slice(x);
     rms_norm_in_place(out, w, eps);
@@ -513,7 +527,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(w.len()) {
-        let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
         let mean = (sum / row.len() as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for (v, &g) in row.iter_mut().zip(w) {
@@ -526,14 +540,17 @@ fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
-/// `gate ← act(gate) ⊙ up`: ReLU² for bitnet-b1.58, SiLU for the old bitnet.
-fn gated_activation(arch: Arch, gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
+/// `gate ← act(gate) ⊙ up`: ReLU² for bitnet-b1.58, SiLU for the old bitnet (ggml's
+/// vectorized SiLU on whole blocks of 16, libm's `expf` on the rest of a row).
+fn gated_activation(arch: Arch, width: usize, gate: &mut [f32], up: &[f32]) {
+    let vectorized = width / 16 * 16;
+    for (i, (g, &u)) in gate.iter_mut().zip(up).enumerate() {
         let a = match arch {
             Arch::BitnetB158 => {
                 let r = g.max(0.0);
                 r * r
             }
+            Arch::Bitnet if i % width < vectorized => scalar::ggml_silu(*g),
             Arch::Bitnet => *g / (1.0 + (-*g).exp()),
         };
         *g = a * u;
@@ -567,34 +584,52 @@ impl RopeTable {
     }
 
     /// Rotates one head of the batch's token `t` by NEOX RoPE (pairs (x[i], x[i + half]))
-    /// and rounds it to F16 into `out`.
-    fn rotate(&self, t: usize, x: &[f32], out: &mut [f16]) {
-        // Rotated in f32 a few pairs at a time, then rounded by the slice conversion (F16C
-        // or NEON; one `f16::from_f32` per value costs a call each).
+    /// and hands the result to `emit` a few pairs at a time: `emit(pairs, first, second)`
+    /// with the rotated values of `x[pairs]` and `x[pairs + half]`.
+    fn rotate(&self, t: usize, x: &[f32], mut emit: impl FnMut(Range<usize>, &[f32], &[f32])) {
         const PAIRS: usize = 32;
         let at = t * self.half..(t + 1) * self.half;
         let (cos, sin) = (&self.cos[at.clone()], &self.sin[at]);
         let (x0, x1) = x.split_at(self.half);
-        let (out0, out1) = out.split_at_mut(self.half);
         let (mut r0, mut r1) = ([0f32; PAIRS], [0f32; PAIRS]);
         for start in (0..self.half).step_by(PAIRS) {
             let pairs = start..(start + PAIRS).min(self.half);
             let m = pairs.len();
             let (a, b) = (&x0[pairs.clone()], &x1[pairs.clone()]);
             let (c, s) = (&cos[pairs.clone()], &sin[pairs.clone()]);
+            // clang contracts ggml's `x0*cos - x1*sin` and `x0*sin + x1*cos` into one fused
+            // multiply-add each, the first product fused.
             for i in 0..m {
-                r0[i] = a[i] * c[i] - b[i] * s[i];
-                r1[i] = a[i] * s[i] + b[i] * c[i];
+                r0[i] = a[i].mul_add(c[i], -(b[i] * s[i]));
+                r1[i] = a[i].mul_add(s[i], b[i] * c[i]);
             }
-            out0[pairs.clone()].convert_from_f32_slice(&r0[..m]);
-            out1[pairs].convert_from_f32_slice(&r1[..m]);
+            emit(pairs, &r0[..m], &r1[..m]);
         }
+    }
+
+    /// [`Self::rotate`] into `out` in f32.
+    fn rotate_f32(&self, t: usize, x: &[f32], out: &mut [f32]) {
+        let (out0, out1) = out.split_at_mut(self.half);
+        self.rotate(t, x, |pairs, r0, r1| {
+            out0[pairs.clone()].copy_from_slice(r0);
+            out1[pairs].copy_from_slice(r1);
+        });
+    }
+
+    /// [`Self::rotate`] into `out` rounded to F16 (by the slice conversion: F16C or NEON;
+    /// one `f16::from_f32` per value costs a call each).
+    fn rotate_f16(&self, t: usize, x: &[f32], out: &mut [f16]) {
+        let (out0, out1) = out.split_at_mut(self.half);
+        self.rotate(t, x, |pairs, r0, r1| {
+            out0[pairs.clone()].convert_from_f32_slice(r0);
+            out1[pairs].convert_from_f32_slice(r1);
+        });
     }
 }
 
-/// Writes the batch's keys, rotated, and values into one layer's cache as F16, split by
-/// KV head and block of tokens (the cache is head-major, so a block of tokens is one run
-/// of rows per head).
+/// Writes the batch's keys, rotated, and values into one layer's cache as F16: the keys
+/// split by KV head and block of tokens (a block of tokens is one run of rows per head),
+/// the values, transposed, by KV head.
 fn store_kv(
     steps: &TokenSteps,
     hp: &HParams,
@@ -606,28 +641,33 @@ fn store_kv(
 ) {
     let (hd, dkv) = (hp.head_dim, hp.n_embd_kv());
     let (new, len) = (n_past * hd..(n_past + steps.n) * hd, steps.block * hd);
-    let heads = k_layer
+    let blocks = k_layer
         .chunks_mut(n_ctx * hd)
-        .zip(v_layer.chunks_mut(n_ctx * hd));
-    let blocks = heads.enumerate().flat_map(|(h, (k, v))| {
-        let blocks = k[new.clone()]
-            .chunks_mut(len)
-            .zip(v[new.clone()].chunks_mut(len));
-        blocks.enumerate().map(move |(i, kv)| (h, i, kv))
-    });
-    steps.run(blocks, |(h, i, (k, v))| {
+        .enumerate()
+        .flat_map(|(h, k)| {
+            k[new.clone()]
+                .chunks_mut(len)
+                .enumerate()
+                .map(move |(i, k)| (h, i, k))
+        });
+    steps.run(blocks, |(h, i, k)| {
         let tokens = steps.tokens(i, k.len(), hd);
-        let rows = k.chunks_exact_mut(hd).zip(v.chunks_exact_mut(hd));
-        for (t, (k, v)) in tokens.zip(rows) {
-            let src = t * dkv + h * hd..t * dkv + (h + 1) * hd;
-            b.rope.rotate(t, &b.k[src.clone()], k);
-            v.convert_from_f32_slice(&b.v[src]);
+        for (t, k) in tokens.zip(k.chunks_exact_mut(hd)) {
+            b.rope.rotate_f16(t, &b.k[t * dkv + h * hd..][..hd], k);
+        }
+    });
+    steps.run(v_layer.chunks_mut(n_ctx * hd).enumerate(), |(h, v)| {
+        for t in 0..steps.n {
+            let src = &b.v[t * dkv + h * hd..][..hd];
+            for (row, &x) in v.chunks_exact_mut(n_ctx).zip(src) {
+                row[n_past + t] = f16::from_f32(x);
+            }
         }
     });
 }
 
-/// One layer's KV cache: per KV head, `n_ctx` rows of `head_dim` values, of which the
-/// first `len` are filled. Head-major so that one head's keys form a plain F16 matrix.
+/// One layer's KV cache (see [`Session`]): per KV head, `n_ctx` keys of `head_dim` values
+/// and `head_dim` rows of `n_ctx` values, of which the first `len` are filled.
 struct LayerCache<'a> {
     k: &'a [f16],
     v: &'a [f16],
@@ -636,11 +676,14 @@ struct LayerCache<'a> {
 }
 
 impl LayerCache<'_> {
-    /// KV head `h`'s first `len` keys and values.
+    /// KV head `h`'s first `len` keys, and its transposed values (`head_dim` rows of
+    /// `n_ctx`).
     fn head(&self, h: usize, hd: usize) -> (&[f16], &[f16]) {
         let start = h * self.n_ctx * hd;
-        let end = start + self.len * hd;
-        (&self.k[start..end], &self.v[start..end])
+        (
+            &self.k[start..start + self.len * hd],
+            &self.v[start..start + self.n_ctx * hd],
+        )
     }
 }
 
@@ -648,9 +691,31 @@ impl LayerCache<'_> {
 /// `QUERY_BLOCK x context` floats per thread however long the prompt.
 const QUERY_BLOCK: usize = 64;
 
-/// Keys whose values are converted to f32 at a time by the attention (64 KiB at a head
-/// dimension of 128: stays in L2 while every query of the block uses it).
-const VALUE_CHUNK: usize = 128;
+/// Lanes of tinyBLAS's sums over keys: probabilities and values are padded with zeros to a
+/// multiple (ggml pads its rows with masked keys to a multiple of 32; zero lanes add
+/// nothing either way).
+const LANES: usize = 16;
+
+/// llama.cpp's KV padding without flash attention: attention runs over the cache's first
+/// used cells rounded up to a multiple of this.
+const KV_PAD: usize = 32;
+
+/// Which product ggml runs for an F16 matrix times `columns` f32 activation columns
+/// (tokens), found on bitnet.cpp's own numbers: tinyBLAS for two or more, its own dot
+/// product (activations rounded to f16) for one.
+fn ggml_product(columns: usize) -> F16Sum {
+    if columns > 1 {
+        F16Sum::Gemm
+    } else {
+        F16Sum::VecDot
+    }
+}
+
+/// Rounds `x` to the nearest f16 values in place (`scratch` is reused).
+fn round_through_f16(x: &mut [f32], scratch: &mut Vec<f16>) {
+    scalar::round_to_f16(x, scratch);
+    scratch.convert_to_f32_slice(x);
+}
 
 /// Causal GQA attention of the batch's queries (`b.q`) over the cache, split by heads;
 /// writes the concatenated heads into `b.attn`.
@@ -688,10 +753,10 @@ struct Queries<'a> {
 }
 
 impl Queries<'_> {
-    /// Head `h` of token `t`, rotated, into `out` as F16.
-    fn head(&self, t: usize, h: usize, out: &mut [f16]) {
+    /// Head `h` of token `t`, rotated, into `out`.
+    fn head(&self, t: usize, h: usize, out: &mut [f32]) {
         let at = t * self.d + h * self.hd;
-        self.rope.rotate(t, &self.q[at..at + self.hd], out);
+        self.rope.rotate_f32(t, &self.q[at..at + self.hd], out);
     }
 }
 
@@ -710,84 +775,66 @@ fn attend_head(
     let n = out.n_tokens();
     let n_past = cache.len - n;
     let scale = 1.0 / (hd as f32).sqrt();
+    // ggml scores a batch with its own dot product on queries rounded to f16 (a permuted,
+    // so non-contiguous, operand), one token with tinyBLAS on the f32 query.
+    // Scores: ggml's own dot product on queries rounded to f16 (a permuted, so
+    // non-contiguous, operand, and for one token a single column). Probabilities times
+    // values: tinyBLAS on f32 probabilities for a batch; for one token ggml's dot product
+    // on probabilities rounded to f16 over the keys padded to 32 (llama.cpp's KV padding:
+    // where its 64 lanes end and its double tail begins depends on it).
+    let value_sum = ggml_product(n);
+    let pad = match value_sum {
+        F16Sum::Gemm => LANES,
+        F16Sum::VecDot => KV_PAD,
+    };
     for t0 in (0..n).step_by(QUERY_BLOCK) {
         let t1 = (t0 + QUERY_BLOCK).min(n);
+        let nq = t1 - t0;
         // Scores of every query of the block against every key the last one sees; the
         // earlier queries use a prefix of their row (the causal mask).
         let visible = n_past + t1;
-        s.q_head.resize((t1 - t0) * hd, f16::ZERO);
-        for (t, q_head) in (t0..t1).zip(s.q_head.chunks_exact_mut(hd)) {
-            queries.head(t, h, q_head);
+        let padded = visible.next_multiple_of(pad);
+        s.q_head.resize(nq * hd, 0.0);
+        for (t, q) in (t0..t1).zip(s.q_head.chunks_exact_mut(hd)) {
+            queries.head(t, h, q);
         }
-        s.scores.resize((t1 - t0) * visible, 0.0);
-        let mut scores = OutRows::all(&mut s.scores, t1 - t0, visible);
-        // ggml scores a batch with its F16 GEMM and one token with its dot loop.
-        let lanes = if n > 1 {
-            LaneSum::Halving
-        } else {
-            LaneSum::InOrder
-        };
+        round_through_f16(&mut s.q_head, &mut s.q16);
+        // Scores then probabilities, `[query][padded]`, zero past each query's keys.
+        s.scores.clear();
+        s.scores.resize(nq * padded, 0.0);
+        let mut scores = OutRows::all(&mut s.scores[..nq * visible], nq, visible);
         let keys = &keys[..visible * hd];
-        kernel.f16_matmul(keys, hd, &s.q_head, lanes, &mut scores, &mut s.row);
-        for t in t0..t1 {
-            let row = &mut s.scores[(t - t0) * visible..][..n_past + t + 1];
-            row.iter_mut().for_each(|v| *v *= scale);
-            softmax(row);
+        kernel.f16_matmul(keys, hd, &s.q_head, F16Sum::VecDot, &mut scores, &mut s.row);
+        for q in (0..nq).rev() {
+            // Rows move from stride `visible` to `padded`, the last first.
+            let seen = n_past + t0 + q + 1;
+            s.scores
+                .copy_within(q * visible..q * visible + seen, q * padded);
+            let row = &mut s.scores[q * padded..(q + 1) * padded];
+            row[seen..].fill(0.0);
+            row[..seen].iter_mut().for_each(|v| *v *= scale);
+            scalar::softmax(&mut row[..seen]);
         }
-        if n == 1 {
-            // One token: ggml rounds the probabilities to f16 and, for a short cache,
-            // sums the products in double.
-            s.p16.clear();
-            s.p16.extend(s.scores.iter().map(|&p| f16::from_f32(p)));
-            s.sums.clear();
-            s.sums.resize(hd, 0.0);
+        // The values of the visible keys, `[head_dim][padded]`, zero past them.
+        s.values.clear();
+        s.values.resize(hd * padded, f16::ZERO);
+        for (dst, src) in s
+            .values
+            .chunks_exact_mut(padded)
+            .zip(values.chunks_exact(cache.n_ctx))
+        {
+            dst[..visible].copy_from_slice(&src[..visible]);
         }
-        // The values in chunks of keys, each converted to f32 once for the whole block
-        // of queries; every output still adds its keys up in order.
-        for k0 in (0..visible).step_by(VALUE_CHUNK) {
-            let k1 = (k0 + VALUE_CHUNK).min(visible);
-            s.v_rows.resize((k1 - k0) * hd, 0.0);
-            kernel.f16_to_f32(&values[k0 * hd..k1 * hd], &mut s.v_rows);
-            if n == 1 {
-                for (p, v) in s.p16[k0..k1].iter().zip(s.v_rows.chunks_exact(hd)) {
-                    let p = p.to_f32();
-                    for (sum, &v) in s.sums.iter_mut().zip(v) {
-                        *sum += f64::from(p * v);
-                    }
-                }
-                continue;
-            }
-            for t in t0..t1 {
-                let seen = (n_past + t + 1).min(k1);
-                if seen <= k0 {
-                    continue;
-                }
-                let row = &s.scores[(t - t0) * visible..][k0..seen];
-                let out = out.token(t);
-                // ggml's batched F16 x F32 product keeps the probabilities in f32.
-                for (&p, v) in row.iter().zip(s.v_rows.chunks_exact(hd)) {
-                    for (o, &v) in out.iter_mut().zip(v) {
-                        *o += p * v;
-                    }
-                }
-            }
+        s.out.resize(nq * hd, 0.0);
+        let mut heads = OutRows::all(&mut s.out, nq, hd);
+        if value_sum == F16Sum::VecDot {
+            round_through_f16(&mut s.scores, &mut s.q16);
         }
-        if n == 1 {
-            for (o, &sum) in out.token(0).iter_mut().zip(&s.sums) {
-                *o = sum as f32;
-            }
+        kernel.f16_matmul(
+            &s.values, padded, &s.scores, value_sum, &mut heads, &mut s.row,
+        );
+        for (t, o) in (t0..t1).zip(s.out.chunks_exact(hd)) {
+            out.token(t).copy_from_slice(o);
         }
     }
-}
-
-/// Softmax in place (ggml: exponentials in f32, their sum in double).
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += f64::from(*v);
-    }
-    let inv = (1.0 / sum) as f32;
-    x.iter_mut().for_each(|v| *v *= inv);
 }

@@ -11,7 +11,7 @@
 //!
 //! The float parts around them, plain NEON as well:
 //!
-//! - [`f16_matmul_neon`]: the F16 output projection, the scalar's summation order.
+//! - [`f16_matmul_neon`]: the F16 matrix products, the scalar's summation order.
 //! - [`widen_f16_neon`]: f16 to f32 (the attention's values).
 //! - [`quantize_block_neon`]: per-token int8 activation quantization.
 

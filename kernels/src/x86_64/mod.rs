@@ -4,7 +4,8 @@
 //!
 //! - I2_S: exact i32 sums, so outputs equal the scalar ones bit-for-bit. Code 3 (never
 //!   written by converters) reads as 0 as in the scalar reference, for any input bytes.
-//! - F16: the scalar's eight partial sums in the same order, so no tolerance is needed.
+//! - F16: the scalar's lanes of fused multiply-adds, totalled in the same order, so no
+//!   tolerance is needed.
 
 mod f16_avx2;
 mod i2s_avx2;
@@ -39,7 +40,9 @@ pub fn i2s_avx512_available() -> bool {
 
 /// Whether [`f16_matmul_avx2`] may run on this CPU.
 pub fn f16_avx2_available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 /// Tokens that share one unpack of a weight block (bitnet.cpp's ACT_PARALLEL idea). With

@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::ops::Range;
 
 use bitnet_kernels::layout::encode_i2s;
-use bitnet_kernels::scalar::{self, LaneSum, i2s_matmul};
+use bitnet_kernels::scalar::{self, F16Sum, i2s_matmul};
 use bitnet_kernels::{ActsBlock, I2sMatrix, OutRows, QuantizedActs};
 use half::f16;
 
@@ -166,24 +166,27 @@ pub fn assert_same_bits(got: &[f32], want: &[f32], n_rows: usize, case: impl Dis
     }
 }
 
-/// An F16 output projection under test, with the `scalar::f16_matmul` contract.
-pub type F16Kernel = fn(&[f16], usize, &[f16], LaneSum, &mut OutRows, &mut Vec<f32>);
+/// An F16 matrix product under test, with the `scalar::f16_matmul` contract.
+pub type F16Kernel = fn(&[f16], usize, &[f32], F16Sum, &mut OutRows, &mut Vec<f32>);
 
-/// Compares `kernel` bit for bit with `scalar::f16_matmul` (the same partial sums in the same
-/// order, so no tolerance) for both lane sums; outputs outside `rows` must stay untouched.
+/// Compares `kernel` bit for bit with `scalar::f16_matmul` (the same lanes of fused
+/// multiply-adds, totalled in the same order, so no tolerance) for both sums (tinyBLAS's
+/// only when `cols` is a whole number of its lanes, as ggml calls it); outputs outside
+/// `rows` must stay untouched.
 pub fn check_f16(kernel: F16Kernel, w: &[f16], cols: usize, x: &[f32], rows: Range<usize>) {
     let (n_rows, n_tokens) = (w.len() / cols, x.len() / cols);
-    let mut x16 = Vec::new();
-    scalar::round_to_f16(x, &mut x16);
     let sentinel = f32::from_bits(0x7fc0_1234);
-    for lanes in [LaneSum::InOrder, LaneSum::Halving] {
+    for sum in [F16Sum::Gemm, F16Sum::VecDot] {
+        if !cols.is_multiple_of(sum.lanes()) && sum == F16Sum::Gemm {
+            continue;
+        }
         let mut want = vec![sentinel; n_rows * n_tokens];
         let mut got = want.clone();
         let mut want_rows = OutRows::new(&mut want, n_tokens, n_rows, rows.clone());
-        scalar::f16_matmul(w, cols, &x16, lanes, &mut want_rows, &mut Vec::new());
+        scalar::f16_matmul(w, cols, x, sum, &mut want_rows, &mut Vec::new());
         let mut got_rows = OutRows::new(&mut got, n_tokens, n_rows, rows.clone());
-        kernel(w, cols, &x16, lanes, &mut got_rows, &mut Vec::new());
-        let case = format_args!("{n_rows}x{cols}, {n_tokens} tokens, rows {rows:?}, {lanes:?}");
+        kernel(w, cols, x, sum, &mut got_rows, &mut Vec::new());
+        let case = format_args!("{n_rows}x{cols}, {n_tokens} tokens, rows {rows:?}, {sum:?}");
         assert_same_bits(&got, &want, n_rows, case);
     }
 }
@@ -191,8 +194,8 @@ pub fn check_f16(kernel: F16Kernel, w: &[f16], cols: usize, x: &[f32], rows: Ran
 /// [`check_f16`] on random matrices of many shapes.
 pub fn f16_random_shapes(kernel: F16Kernel) {
     let mut rng = Rng::new(5);
-    // Column counts that are not multiples of 8 exercise the scalar tail.
-    for cols in [1, 7, 8, 13, 100, 256, 768, 2560] {
+    // Column counts that are not multiples of 64 exercise the double tail of VecDot.
+    for cols in [1, 7, 16, 13, 100, 128, 160, 256, 768, 2560] {
         for n_rows in [1, 3, 4, 5, 31, 640] {
             let w: Vec<f16> = (0..n_rows * cols)
                 .map(|_| f16::from_f32(rng.unit() * 0.2))
