@@ -36,8 +36,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The GGUF model to serve; required (here or with `-m`).
+    /// The GGUF model to serve. Unset: the one GGUF file in `model_dir`; with neither, the
+    /// demo model (random weights, for trying the daemon out).
     pub model: Option<PathBuf>,
+    /// Where a packaged daemon finds its model when `model` is unset: the one `.gguf` file
+    /// there is served; with none (or several) the daemon stays up and answers `no_model`.
+    pub model_dir: Option<PathBuf>,
     /// Compute threads.
     pub threads: usize,
     /// Ternary kernel: "auto", "scalar", "tl1" or "i2s".
@@ -64,6 +68,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             model: None,
+            model_dir: None,
             threads: 2,
             kernel: "auto".into(),
             head: "file".into(),
@@ -114,8 +119,21 @@ pub struct Limits {
     pub request_timeout_secs: u64,
     /// Longest request line in bytes, newline excluded.
     pub max_line_bytes: usize,
-    /// Socket connections open at once; more wait to be accepted.
+    /// Socket connections open at once. A new one beyond it closes the connection idle the
+    /// longest (no request running or queued), or is refused with an error line.
     pub max_connections: usize,
+    /// Socket connections one user (peer uid) may hold at once; beyond it, as above among
+    /// that user's connections.
+    pub max_connections_per_uid: usize,
+    /// Requests one client (a socket connection) may have waiting in the queue; more get
+    /// `busy`. The engine serves the clients with waiting requests in turn.
+    pub max_queued_per_client: usize,
+    /// Seconds a socket connection may stay without a request in flight and without sending
+    /// a complete line before it is closed (0: never).
+    pub idle_timeout_secs: u64,
+    /// Seconds a request line may take from its first byte to its newline (slow senders
+    /// hold a connection slot); the connection is then closed with an error line.
+    pub line_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -127,6 +145,10 @@ impl Default for Limits {
             request_timeout_secs: 300,
             max_line_bytes: 64 * 1024,
             max_connections: 64,
+            max_connections_per_uid: 32,
+            max_queued_per_client: 4,
+            idle_timeout_secs: 300,
+            line_timeout_secs: 10,
         }
     }
 }
@@ -430,6 +452,24 @@ impl Config {
             l.max_connections,
             "it must be between 1 and 65536",
         )?;
+        check(
+            (1..=l.max_connections).contains(&l.max_connections_per_uid),
+            "limits.max_connections_per_uid",
+            l.max_connections_per_uid,
+            "it must be between 1 and limits.max_connections",
+        )?;
+        check(
+            (1..=l.queue_depth).contains(&l.max_queued_per_client),
+            "limits.max_queued_per_client",
+            l.max_queued_per_client,
+            "it must be between 1 and limits.queue_depth",
+        )?;
+        check(
+            (1..=3600).contains(&l.line_timeout_secs),
+            "limits.line_timeout_secs",
+            l.line_timeout_secs,
+            "it must be between 1 and 3600",
+        )?;
         self.mqtt.validate()?;
         if let Err(e) = self.sampling.sampler(0).validate() {
             let key = match e.field {
@@ -498,6 +538,14 @@ mod tests {
         assert!(e.contains("sampling.top_p"), "{e}");
         let e = parse("[socket]\nmode = \"999\"\n").unwrap_err().to_string();
         assert!(e.contains("socket.mode"), "{e}");
+        let e = parse("[limits]\nmax_queued_per_client = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_queued_per_client"), "{e}");
+        let e = parse("[limits]\nline_timeout_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.line_timeout_secs"), "{e}");
         let e = parse("kernel = \"neon9\"\n").unwrap_err().to_string();
         assert!(e.contains("kernel"), "{e}");
         let e = parse("head = \"q4\"\n").unwrap_err().to_string();

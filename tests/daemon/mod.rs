@@ -68,8 +68,7 @@ impl Daemon {
             ready: String::new(),
             notify,
         };
-        d.ready = d.notification();
-        assert!(d.ready.contains("READY=1"), "{}", d.ready);
+        d.ready = d.wait_ready();
         assert!(
             d.ready.contains("STATUS=serving tiny-i2_s.gguf"),
             "{}",
@@ -78,6 +77,20 @@ impl Daemon {
         // The transport is open before READY.
         assert!(d.socket.exists());
         d
+    }
+
+    /// Reads notifications up to the one that says READY=1 (a STATUS=loading one comes
+    /// first); panics if the daemon exits or stays silent for [`PATIENCE`].
+    pub fn wait_ready(&mut self) -> String {
+        loop {
+            let n = self.notification();
+            if n.contains("READY=1") {
+                return n;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the daemon exited ({status}) before READY:\n{}", self.log());
+            }
+        }
     }
 
     pub fn notification(&self) -> String {

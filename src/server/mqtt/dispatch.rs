@@ -14,7 +14,7 @@ use super::wire;
 use crate::config::Config;
 use crate::server::ServerInfo;
 use crate::server::protocol::{Command, ErrorCode, Event, GenRequest, Incoming};
-use crate::server::queue::{CancelToken, Job, Queue, SubmitError};
+use crate::server::queue::{CancelToken, ClientKey, Job, Queue};
 use crate::server::shutdown::Shutdown;
 
 /// Requests running or queued, by (reply topic, id): ids are the clients' own, so two
@@ -171,6 +171,8 @@ impl Dispatcher {
         let job = Job {
             request,
             transport: "mqtt",
+            // Each request its own client, as before round-robin (to be keyed by reply topic).
+            client: ClientKey::unique(),
             events,
             cancel: cancel.clone(),
             arrived,
@@ -181,10 +183,7 @@ impl Dispatcher {
         self.in_flight.lock().unwrap().insert(key.clone(), cancel);
         if let Err(e) = self.queue.submit(job) {
             self.in_flight.lock().unwrap().remove(&key);
-            let (code, msg) = match e {
-                SubmitError::Full(_) => (ErrorCode::Busy, "the queue is full; try again later"),
-                SubmitError::Closed(_) => (ErrorCode::Internal, "the daemon is shutting down"),
-            };
+            let (code, msg) = e.answer();
             let event = Event::error(Some(id), code, msg);
             return self.answer(&target, event, &m.topic).await;
         }
