@@ -123,7 +123,11 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = config(args)?;
     let boot = match ModelSource::find(&config)? {
-        ModelSource::File(path) => boot(&config, path),
+        ModelSource::File(path) => {
+            // A missing file is a setting to fix, found before the socket is taken.
+            std::fs::metadata(&path).with_context(|| format!("model {}", path.display()))?;
+            boot(&config, path)
+        }
         // A developer's `serve` without any model setting: the demo model (random weights),
         // with a warning saying so.
         ModelSource::Demo => boot(&config, common::model_path(None)?),

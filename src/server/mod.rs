@@ -299,13 +299,13 @@ fn notify(states: &[NotifyState]) {
 pub fn status(info: &ServerInfo, queue: &Queue) -> Status {
     use std::sync::atomic::Ordering::Relaxed;
     let stats = queue.stats();
-    let (state, message, model) = match info.readiness() {
+    let (model_state, message, model) = match info.readiness() {
         Readiness::Loading { model } => ("loading", None, ModelInfo::unknown(model)),
         Readiness::NoModel(m) => ("no_model", Some(m), ModelInfo::unknown(String::new())),
         Readiness::Ready(model) => ("ready", None, model),
     };
     Status {
-        state,
+        model_state,
         message,
         model: model.model,
         kernel: model.kernel,

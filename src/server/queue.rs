@@ -238,7 +238,7 @@ pub fn queue(
         state: Mutex::default(),
         arrived: Condvar::new(),
         capacity,
-        per_client,
+        per_client: per_client.min(capacity),
         stats,
         info,
     });
@@ -259,12 +259,12 @@ impl Queue {
         let shared = &self.shared;
         if let Some((code, message)) = shared.info.refusal() {
             log::info!(
-                "request {} via {} from {}: 0 prompt tokens, 0 completion tokens, \
-                 finish error ({}: {message})",
+                "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+                 finish error ({}: {message}); {}",
                 Escaped(&job.request.id),
                 job.transport,
-                job.client,
                 code.as_str(),
+                job.client,
             );
             let id = job.request.id.clone();
             // A closed channel means the client went away.
@@ -298,12 +298,12 @@ impl Queue {
         // The request's one log line: it never reaches the engine.
         let (code, message) = refused.answer();
         log::info!(
-            "request {} via {} from {}: 0 prompt tokens, 0 completion tokens, \
-             finish error ({}: {message})",
+            "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+             finish error ({}: {message}); {}",
             Escaped(&job.request.id),
             job.transport,
-            job.client,
             code.as_str(),
+            job.client,
         );
         Err(refused)
     }

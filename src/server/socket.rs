@@ -32,6 +32,8 @@ use crate::config::Config;
 
 /// Events waiting to be written, per connection; beyond this, reading stops.
 const EVENTS_BUFFERED: usize = 64;
+/// How often a half-closed connection with requests in flight is checked for a hang-up.
+const HANGUP_CHECK: Duration = Duration::from_millis(50);
 
 /// The accept loop's state.
 pub struct Listener {
@@ -200,7 +202,10 @@ impl Handler {
                 }
             };
             match line {
-                Line::Eof => return Ok(()),
+                Line::Eof => {
+                    self.watch_hangup().await;
+                    return Ok(());
+                }
                 Line::TooLong => {
                     let msg = format!("the line is longer than {max} bytes");
                     reply.send(Event::error(None, ErrorCode::TooLong, msg));
@@ -265,6 +270,33 @@ impl Handler {
             }
             _ = self.slot.close.notified() => Ok(Err(evicted(&self.slot))),
             _ = self.shutdown.recv() => Ok(Err(Stop::Quietly)),
+        }
+    }
+
+    /// After EOF, while requests are in flight: a client that only shut its sending side
+    /// still gets its answers; one that closed the connection has its requests cancelled at
+    /// once (a prompt being evaluated writes nothing that could fail for a while).
+    async fn watch_hangup(&mut self) {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while !self.slot.in_flight.lock().unwrap().is_empty() {
+            let stream: &UnixStream = self.reader.get_ref().as_ref();
+            let mut fds = [PollFd::new(stream, PollFlags::empty())];
+            if poll(&mut fds, Some(&zero)).is_ok_and(|_| fds[0].revents().contains(PollFlags::HUP))
+            {
+                log::debug!("connection {}: the client hung up", self.slot.id);
+                for token in self.slot.in_flight.lock().unwrap().values() {
+                    token.cancel();
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HANGUP_CHECK) => {}
+                _ = self.shutdown.recv() => return,
+            }
         }
     }
 

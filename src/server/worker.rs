@@ -101,7 +101,7 @@ impl Worker {
         if job.expires.is_some_and(|t| started > t) {
             let message = "the request's message expiry passed while it waited in the queue";
             log::info!(
-                "request {} via {} from {}: expired in the queue",
+                "request {} via {}: expired in the queue; {}",
                 Escaped(id),
                 job.transport,
                 job.client
@@ -110,8 +110,8 @@ impl Worker {
         }
         if self.stopped(job) {
             log::info!(
-                "request {} via {} from {}: 0 prompt tokens, 0 completion tokens, \
-                 finish cancelled (before it started)",
+                "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+                 finish cancelled (before it started); {}",
                 Escaped(id),
                 job.transport,
                 job.client
@@ -260,15 +260,15 @@ impl Worker {
             },
         };
         log::info!(
-            "request {} via {} from {}: {} prompt tokens ({} reused), {n} completion tokens, \
-             ttft {:.0} ms, {tokens_per_s:.1} tokens/s, finish {}",
+            "request {} via {}: {} prompt tokens ({} reused), {n} completion tokens, \
+             ttft {:.0} ms, {tokens_per_s:.1} tokens/s, finish {}; {}",
             Escaped(&done.id),
             job.transport,
-            job.client,
             g.outcome.prompt_tokens,
             g.outcome.reused_tokens,
             done.timings.ttft_ms,
             g.finish.as_str(),
+            job.client,
         );
         // Counted before the caller sends `done`, so that a client that has its answer sees
         // it in `status`.
@@ -306,12 +306,12 @@ fn send(job: &Job, event: Event) {
 /// A request that fails gets its error and one log line naming it.
 fn fail(job: &Job, prompt_tokens: usize, code: ErrorCode, message: String) -> Event {
     log::info!(
-        "request {} via {} from {}: {prompt_tokens} prompt tokens, 0 completion tokens, \
-         finish error ({}: {message})",
+        "request {} via {}: {prompt_tokens} prompt tokens, 0 completion tokens, \
+         finish error ({}: {message}); {}",
         Escaped(&job.request.id),
         job.transport,
+        code.as_str(),
         job.client,
-        code.as_str()
     );
     Event::error(Some(job.request.id.clone()), code, message)
 }

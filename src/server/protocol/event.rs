@@ -125,9 +125,9 @@ pub struct Timings {
 /// The reply to `{"cmd": "status"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    /// "loading", "no_model" or "ready".
-    pub state: &'static str,
-    /// What is wrong when `state` is "no_model".
+    /// "loading", "no_model" or "ready" (not `state`: MQTT's retained status has its own).
+    pub model_state: &'static str,
+    /// What is wrong when `model_state` is "no_model".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The model's file name (known while it loads).
