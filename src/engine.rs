@@ -234,7 +234,13 @@ impl Engine {
         // token of the conversation is then dropped with the rest of the prompt.
         self.pending = None;
         for chunk in &chunks[..chunks.len() - 1] {
-            let pass = forward_prompt(&self.model, &mut self.session, &mut self.cached, chunk, interrupt);
+            let pass = forward_prompt(
+                &self.model,
+                &mut self.session,
+                &mut self.cached,
+                chunk,
+                interrupt,
+            );
             match pass {
                 Err(EngineError::Model(ModelError::Interrupted)) => {
                     return Ok(interrupted(start.elapsed()));
@@ -243,7 +249,13 @@ impl Engine {
             };
         }
         let last = chunks[chunks.len() - 1];
-        let pass = forward_prompt(&self.model, &mut self.session, &mut self.cached, last, interrupt);
+        let pass = forward_prompt(
+            &self.model,
+            &mut self.session,
+            &mut self.cached,
+            last,
+            interrupt,
+        );
         let mut logits = match pass {
             Err(EngineError::Model(ModelError::Interrupted)) => {
                 return Ok(interrupted(start.elapsed()));

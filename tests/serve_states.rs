@@ -20,7 +20,10 @@ fn without_a_model_the_daemon_stays_up_and_says_what_to_do() {
         "no model configured: put a GGUF in {} or set model=",
         models.path().display()
     );
-    assert!(ready.contains(&format!("STATUS=no model: {what}")), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=no model: {what}")),
+        "{ready}"
+    );
     let mut c = d.connect();
     c.send(&request("q", "Hi", 2));
     let e = c.event();
@@ -73,7 +76,10 @@ fn while_the_model_loads_requests_are_answered_loading() {
     let e = c.event();
     assert_eq!(e["error"]["code"], "loading", "{e}");
     let message = e["error"]["message"].as_str().unwrap();
-    assert!(message.contains("gen-dummy-125M.gguf is loading"), "{message}");
+    assert!(
+        message.contains("gen-dummy-125M.gguf is loading"),
+        "{message}"
+    );
     c.send(&json!({"cmd": "status"}));
     let s = c.event()["status"].clone();
     assert_eq!(s["model_state"], "loading", "{s}");
@@ -81,7 +87,8 @@ fn while_the_model_loads_requests_are_answered_loading() {
     c.send(&json!({"cmd": "health"}));
     assert_eq!(c.event()["health"], "loading");
     assert!(
-        d.log().contains("loading gen-dummy-125M.gguf; answering on"),
+        d.log()
+            .contains("loading gen-dummy-125M.gguf; answering on"),
         "{}",
         d.log()
     );

@@ -1,5 +1,6 @@
-//! `bitnetd serve`: the daemon. Reads the config (CLI flags override it), loads and validates
-//! the model once, then hands over to `server::run`.
+//! `bitnetd serve`: the daemon. Reads the config (CLI flags override it) and finds the model
+//! (`model`, the one GGUF in `model_dir`, or the demo model), then hands over to
+//! `server::run`, which binds the socket and loads the model on the engine thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -166,7 +167,11 @@ impl ModelSource {
             let path = entry
                 .with_context(|| format!("reading model_dir {}", dir.display()))?
                 .path();
-            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file() {
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+                && path.is_file()
+            {
                 ggufs.push(path);
             }
         }
@@ -280,14 +285,26 @@ mod tests {
             ..Config::default()
         };
         let missing = ModelSource::find(&config).unwrap();
-        let put = format!("put a GGUF in {} or set model=", dir.path().join("models").display());
-        assert_eq!(missing, ModelSource::Missing(format!("no model configured: {put}")));
+        let put = format!(
+            "put a GGUF in {} or set model=",
+            dir.path().join("models").display()
+        );
+        assert_eq!(
+            missing,
+            ModelSource::Missing(format!("no model configured: {put}"))
+        );
         std::fs::create_dir(dir.path().join("models")).unwrap();
         std::fs::write(dir.path().join("models/notes.txt"), "x").unwrap();
-        assert!(matches!(ModelSource::find(&config).unwrap(), ModelSource::Missing(_)));
+        assert!(matches!(
+            ModelSource::find(&config).unwrap(),
+            ModelSource::Missing(_)
+        ));
         let a = dir.path().join("models/a.gguf");
         std::fs::write(&a, "x").unwrap();
-        assert_eq!(ModelSource::find(&config).unwrap(), ModelSource::File(a.clone()));
+        assert_eq!(
+            ModelSource::find(&config).unwrap(),
+            ModelSource::File(a.clone())
+        );
         std::fs::write(dir.path().join("models/b.GGUF"), "x").unwrap();
         let ModelSource::Missing(m) = ModelSource::find(&config).unwrap() else {
             panic!("two files must not be chosen between silently")
@@ -298,6 +315,9 @@ mod tests {
             ..config
         };
         assert_eq!(ModelSource::find(&given).unwrap(), ModelSource::File(a));
-        assert_eq!(ModelSource::find(&Config::default()).unwrap(), ModelSource::Demo);
+        assert_eq!(
+            ModelSource::find(&Config::default()).unwrap(),
+            ModelSource::Demo
+        );
     }
 }

@@ -117,12 +117,10 @@ impl Connections {
         Ok(slot)
     }
 
-    pub fn len(&self) -> usize {
+    /// Connections open now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.open.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -59,7 +59,9 @@ pub struct ModelInfo {
 #[derive(Debug, Clone)]
 pub enum Readiness {
     /// The engine thread is loading this model file.
-    Loading { model: String },
+    Loading {
+        model: String,
+    },
     /// There is nothing to serve; the message says what to do.
     NoModel(String),
     Ready(ModelInfo),
@@ -172,7 +174,9 @@ pub fn run(config: Config, boot: Boot) -> anyhow::Result<()> {
                 let (stats, info) = (stats.clone(), info.clone());
                 std::thread::Builder::new()
                     .name("engine".into())
-                    .spawn(move || engine_thread(load, stats, info, system_prompt, queue_rx, loaded_tx))
+                    .spawn(move || {
+                        engine_thread(load, stats, info, system_prompt, queue_rx, loaded_tx)
+                    })
                     .context("starting the engine thread")?;
             }
             Boot::NoModel(message) => {

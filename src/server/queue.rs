@@ -60,7 +60,9 @@ impl ClientKey {
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientKey::Socket { uid, connection } => write!(f, "connection {connection} (uid {uid})"),
+            ClientKey::Socket { uid, connection } => {
+                write!(f, "connection {connection} (uid {uid})")
+            }
             ClientKey::Unique(n) => write!(f, "client {n}"),
         }
     }
@@ -331,9 +333,16 @@ impl QueueReceiver {
             .wait_timeout_while(state, timeout, |s| s.len == 0 && !s.closed)
             .unwrap();
         let Some(client) = state.turns.pop_front() else {
-            return if state.closed { Next::Closed } else { Next::Idle };
+            return if state.closed {
+                Next::Closed
+            } else {
+                Next::Idle
+            };
         };
-        let jobs = state.jobs.get_mut(&client).expect("a client in turn has jobs");
+        let jobs = state
+            .jobs
+            .get_mut(&client)
+            .expect("a client in turn has jobs");
         let job = jobs.pop_front().expect("a client in turn has jobs");
         if jobs.is_empty() {
             state.jobs.remove(&client);

@@ -98,8 +98,7 @@ impl Listener {
         shutdown_complete_tx: mpsc::Sender<()>,
     ) -> Self {
         let limits = &config.limits;
-        let connections =
-            Connections::new(limits.max_connections, limits.max_connections_per_uid);
+        let connections = Connections::new(limits.max_connections, limits.max_connections_per_uid);
         Listener {
             listener,
             queue,
@@ -225,11 +224,7 @@ impl Handler {
 
     /// Waits for the first byte of the next line (closing an idle connection), then for the
     /// whole line (closing a connection whose line takes too long).
-    async fn next_line(
-        &mut self,
-        buf: &mut Vec<u8>,
-        max: usize,
-    ) -> io::Result<Result<Line, Stop>> {
+    async fn next_line(&mut self, buf: &mut Vec<u8>, max: usize) -> io::Result<Result<Line, Stop>> {
         let limits = &self.config.limits;
         let idle = Duration::from_secs(limits.idle_timeout_secs);
         let line_time = Duration::from_secs(limits.line_timeout_secs);
@@ -237,7 +232,9 @@ impl Handler {
             let idle_check = async {
                 match idle.is_zero() {
                     true => std::future::pending().await,
-                    false => tokio::time::sleep(idle.saturating_sub(self.slot.activity.idle_for())).await,
+                    false => {
+                        tokio::time::sleep(idle.saturating_sub(self.slot.activity.idle_for())).await
+                    }
                 }
             };
             tokio::select! {

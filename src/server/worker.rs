@@ -48,9 +48,13 @@ impl Worker {
             turn.push(Message::new(Role::System, system_prompt));
         }
         turn.push(Message::new(Role::User, "Hello"));
+        // Tokenized as requests are (content without special parsing), so that their
+        // tokens share this prefix.
         let system = match system_prompt {
-            "" => String::new(),
-            s => self.template.render_system(s),
+            "" => Default::default(),
+            s => self
+                .template
+                .render_marked(&[Message::new(Role::System, s)], false),
         };
         let params = GenParams {
             max_tokens: 1,
@@ -58,8 +62,12 @@ impl Worker {
             ignore_eos: true,
         };
         let mut evaluated = 0;
-        for text in [self.template.render(&turn, true), system] {
-            let tokens = self.engine.tokenizer.encode(&text, true, true)?;
+        for rendered in [self.template.render_marked(&turn, true), system] {
+            let tokens = self.engine.tokenizer.encode_with_literal(
+                &rendered.text,
+                true,
+                &rendered.content,
+            )?;
             self.engine
                 .generate_reusing(&tokens, &params, |_| ControlFlow::Continue(()))?;
             evaluated += tokens.len();
@@ -190,10 +198,13 @@ impl Worker {
             stats.beat();
             let (out, found) = stops.push(step.text);
             if stream && !out.is_empty() {
-                send(job, Event::Token {
-                    id: id.clone(),
-                    token: out,
-                });
+                send(
+                    job,
+                    Event::Token {
+                        id: id.clone(),
+                        token: out,
+                    },
+                );
             }
             if found {
                 hit_stop = true;
@@ -217,10 +228,13 @@ impl Worker {
         })?;
         let (tail, _) = stops.finish();
         if stream && !tail.is_empty() && !hit_stop {
-            send(job, Event::Token {
-                id: id.clone(),
-                token: tail,
-            });
+            send(
+                job,
+                Event::Token {
+                    id: id.clone(),
+                    token: tail,
+                },
+            );
         }
         let finish = if hit_stop {
             FinishReason::Stop

@@ -302,7 +302,9 @@ impl Tokenizer {
                     let start = rest.as_ptr() as usize - text.as_ptr() as usize + at;
                     let span = start..start + special.text.len();
                     if special.needs_parse_special
-                        && literal.iter().any(|r| r.start < span.end && span.start < r.end)
+                        && literal
+                            .iter()
+                            .any(|r| r.start < span.end && span.start < r.end)
                     {
                         from = at + special.text.chars().next().map_or(1, char::len_utf8);
                         continue;

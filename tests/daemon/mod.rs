@@ -280,7 +280,11 @@ pub fn dummy_125m() -> PathBuf {
             .arg(&part)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::rename(&part, &path).unwrap();
     }
     path
