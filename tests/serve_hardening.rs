@@ -84,7 +84,12 @@ fn one_connection_flooding_the_queue_does_not_delay_another() {
     let d = Daemon::start("");
     let mut flood = d.connect();
     for i in 0..40 {
-        flood.send(&request(&format!("f{i}"), "Tell me a story", 16));
+        // Long enough that the queue is still full when the other client arrives.
+        flood.send(&request(
+            &format!("f{i}"),
+            "Tell me a long story about the sea",
+            120,
+        ));
     }
     // The flood's first request runs and 4 more wait (the per-client cap); let them queue.
     let start = Instant::now();
