@@ -160,8 +160,8 @@ pub struct QueueReceiver {
 /// What [`QueueReceiver::next`] found.
 #[derive(Debug)]
 pub enum Next {
-    /// The next client's oldest job.
-    Job(Job),
+    /// The next client's oldest job (boxed: a job is large, the other variants empty).
+    Job(Box<Job>),
     /// Nothing arrived in time.
     Idle,
     /// Every sender is gone and nothing is left.
@@ -351,6 +351,6 @@ impl QueueReceiver {
         }
         state.len -= 1;
         shared.stats.waiting.store(state.len, Ordering::Relaxed);
-        Next::Job(job)
+        Next::Job(Box::new(job))
     }
 }
