@@ -3,6 +3,8 @@
 //! Mirrors llama.cpp's built-in formatters (`llama_chat_apply_template`),
 //! chosen from the `tokenizer.chat_template` string by the same markers.
 
+use std::ops::Range;
+
 use crate::gguf::{Gguf, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,28 @@ impl Message {
         Self {
             role,
             content: content.into(),
+        }
+    }
+}
+
+/// A rendered conversation: its text, and the byte ranges of it that are message content
+/// (everything else is the template's markup).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    pub content: Vec<Range<usize>>,
+}
+
+impl Rendered {
+    fn markup(&mut self, s: &str) {
+        self.text.push_str(s);
+    }
+
+    fn content(&mut self, s: &str) {
+        let start = self.text.len();
+        self.text.push_str(s);
+        if !s.is_empty() {
+            self.content.push(start..self.text.len());
         }
     }
 }
@@ -83,17 +107,38 @@ impl ChatTemplate {
     /// One message on its own. Bitnet's user message already ends with the
     /// assistant header, so formats concatenate message by message.
     pub fn render_message(&self, message: &Message) -> String {
+        let mut out = Rendered::default();
+        self.render_message_into(message, &mut out);
+        out.text
+    }
+
+    fn render_message_into(&self, message: &Message, out: &mut Rendered) {
         let content = &message.content;
         match (self, message.role) {
-            (Self::Bitnet, Role::System) => format!("System: {content}"),
-            (Self::Bitnet, Role::User) => format!("User: {content}<|eot_id|>Assistant: "),
-            (Self::Bitnet, Role::Assistant) => content.clone(),
-            (Self::Llama3, role) => format!(
-                "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-                role.as_str(),
-                content.trim()
-            ),
-            (Self::ChatMl, role) => format!("<|im_start|>{}\n{content}<|im_end|>\n", role.as_str()),
+            (Self::Bitnet, Role::System) => {
+                out.markup("System: ");
+                out.content(content);
+            }
+            (Self::Bitnet, Role::User) => {
+                out.markup("User: ");
+                out.content(content);
+                out.markup("<|eot_id|>Assistant: ");
+            }
+            (Self::Bitnet, Role::Assistant) => out.content(content),
+            (Self::Llama3, role) => {
+                out.markup("<|start_header_id|>");
+                out.markup(role.as_str());
+                out.markup("<|end_header_id|>\n\n");
+                out.content(content.trim());
+                out.markup("<|eot_id|>");
+            }
+            (Self::ChatMl, role) => {
+                out.markup("<|im_start|>");
+                out.markup(role.as_str());
+                out.markup("\n");
+                out.content(content);
+                out.markup("<|im_end|>\n");
+            }
         }
     }
 
@@ -108,9 +153,19 @@ impl ChatTemplate {
 
     /// The whole conversation. No BOS: that comes from the tokenizer.
     pub fn render(&self, messages: &[Message], add_assistant_prompt: bool) -> String {
-        let mut out: String = messages.iter().map(|m| self.render_message(m)).collect();
+        self.render_marked(messages, add_assistant_prompt).text
+    }
+
+    /// [`ChatTemplate::render`], also saying which parts are the messages' own text: the
+    /// daemon tokenizes special-token text only in the template's markup, so that a client
+    /// cannot write control tokens (`<|eot_id|>`, a forged system header) into its content.
+    pub fn render_marked(&self, messages: &[Message], add_assistant_prompt: bool) -> Rendered {
+        let mut out = Rendered::default();
+        for m in messages {
+            self.render_message_into(m, &mut out);
+        }
         if add_assistant_prompt {
-            out.push_str(self.assistant_prompt());
+            out.markup(self.assistant_prompt());
         }
         out
     }

@@ -38,8 +38,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The GGUF model to serve; required (here or with `-m`).
+    /// The GGUF model to serve. Unset: the one GGUF file in `model_dir`; with neither, the
+    /// demo model (random weights, for trying the daemon out).
     pub model: Option<PathBuf>,
+    /// Where a packaged daemon finds its model when `model` is unset: the one `.gguf` file
+    /// there is served; with none (or several) the daemon stays up and answers `no_model`.
+    pub model_dir: Option<PathBuf>,
     /// Compute threads.
     pub threads: usize,
     /// Ternary kernel: "auto", "scalar", "tl1" or "i2s".
@@ -68,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             model: None,
+            model_dir: None,
             threads: 2,
             kernel: "auto".into(),
             head: "file".into(),
@@ -206,8 +211,22 @@ pub struct Limits {
     pub request_timeout_secs: u64,
     /// Longest request line in bytes, newline excluded.
     pub max_line_bytes: usize,
-    /// Socket connections open at once; more wait to be accepted.
+    /// Socket connections open at once. A new one beyond it closes the connection idle the
+    /// longest (no request running or queued), or is refused with an error line.
     pub max_connections: usize,
+    /// Socket connections one user (peer uid) may hold at once; beyond it, as above among
+    /// that user's connections.
+    pub max_connections_per_uid: usize,
+    /// Requests one client (a socket connection) may have waiting in the queue; more get
+    /// `busy` (the queue's own depth bounds it too). The engine serves the clients with
+    /// waiting requests in turn.
+    pub max_queued_per_client: usize,
+    /// Seconds a socket connection may stay without a request in flight and without sending
+    /// a complete line before it is closed (0: never).
+    pub idle_timeout_secs: u64,
+    /// Seconds a request line may take from its first byte to its newline (slow senders
+    /// hold a connection slot); the connection is then closed with an error line.
+    pub line_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -219,6 +238,10 @@ impl Default for Limits {
             request_timeout_secs: 300,
             max_line_bytes: 64 * 1024,
             max_connections: 64,
+            max_connections_per_uid: 32,
+            max_queued_per_client: 4,
+            idle_timeout_secs: 300,
+            line_timeout_secs: 10,
         }
     }
 }
@@ -584,6 +607,24 @@ impl Config {
             l.max_connections,
             "it must be between 1 and 65536",
         )?;
+        check(
+            (1..=l.max_connections).contains(&l.max_connections_per_uid),
+            "limits.max_connections_per_uid",
+            l.max_connections_per_uid,
+            "it must be between 1 and limits.max_connections",
+        )?;
+        check(
+            l.max_queued_per_client >= 1,
+            "limits.max_queued_per_client",
+            l.max_queued_per_client,
+            "it must be at least 1",
+        )?;
+        check(
+            (1..=3600).contains(&l.line_timeout_secs),
+            "limits.line_timeout_secs",
+            l.line_timeout_secs,
+            "it must be between 1 and 3600",
+        )?;
         self.mqtt.validate()?;
         self.power.validate()?;
         if let Err(e) = self.sampling.sampler(0).validate() {
@@ -630,7 +671,7 @@ mod tests {
     fn example_config_parses() {
         let text = include_str!("../systemd/bitnetd.toml");
         let c = parse(text).unwrap();
-        assert!(c.model.is_some());
+        assert_eq!(c.model_dir.as_deref(), Some(Path::new("/var/lib/bitnetd/models")));
     }
 
     #[test]
@@ -675,6 +716,14 @@ mod tests {
         assert!(e.contains("sampling.top_p"), "{e}");
         let e = parse("[socket]\nmode = \"999\"\n").unwrap_err().to_string();
         assert!(e.contains("socket.mode"), "{e}");
+        let e = parse("[limits]\nmax_queued_per_client = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_queued_per_client"), "{e}");
+        let e = parse("[limits]\nline_timeout_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.line_timeout_secs"), "{e}");
         let e = parse("kernel = \"neon9\"\n").unwrap_err().to_string();
         assert!(e.contains("kernel"), "{e}");
         let e = parse("head = \"q4\"\n").unwrap_err().to_string();

@@ -28,7 +28,9 @@ pub struct GenParams {
     pub ignore_eos: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why generation stopped; the daemon sends it as `finish_reason` (`as_str`'s names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The model produced an end-of-generation token.
     Stop,
@@ -49,6 +51,12 @@ impl FinishReason {
             FinishReason::Cancelled => "cancelled",
         }
     }
+}
+
+/// A seed for requests that give none: different at each call.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// One generated token, handed to the caller as soon as it is sampled.
@@ -128,6 +136,19 @@ impl Engine {
         params: &GenParams,
         on_step: impl FnMut(Step) -> ControlFlow<()>,
     ) -> Result<Outcome, EngineError> {
+        self.generate_reusing_until(prompt, params, &|| false, on_step)
+    }
+
+    /// [`Engine::generate_reusing`], asking `interrupt` between the layers of every forward
+    /// pass of the prompt: when it says true, generation ends at once with
+    /// [`FinishReason::Cancelled`] and no tokens (a long prompt is stopped within one layer).
+    pub fn generate_reusing_until(
+        &mut self,
+        prompt: &[u32],
+        params: &GenParams,
+        interrupt: &dyn Fn() -> bool,
+        on_step: impl FnMut(Step) -> ControlFlow<()>,
+    ) -> Result<Outcome, EngineError> {
         let common = self
             .cached
             .iter()
@@ -147,7 +168,7 @@ impl Engine {
         self.session.truncate(keep);
         self.cached.truncate(keep);
         self.pending = None;
-        self.run(prompt, keep, params, on_step)
+        self.run(prompt, keep, params, interrupt, on_step)
     }
 
     /// Evaluates `input` after the conversation so far, then samples up to
@@ -158,8 +179,19 @@ impl Engine {
         params: &GenParams,
         on_step: impl FnMut(Step) -> ControlFlow<()>,
     ) -> Result<Outcome, EngineError> {
+        self.generate_until(input, params, &|| false, on_step)
+    }
+
+    /// [`Engine::generate`] with `interrupt` as in [`Engine::generate_reusing_until`].
+    pub fn generate_until(
+        &mut self,
+        input: &[u32],
+        params: &GenParams,
+        interrupt: &dyn Fn() -> bool,
+        on_step: impl FnMut(Step) -> ControlFlow<()>,
+    ) -> Result<Outcome, EngineError> {
         let prompt: Vec<u32> = self.pending.iter().chain(input).copied().collect();
-        self.run(&prompt, 0, params, on_step)
+        self.run(&prompt, 0, params, interrupt, on_step)
     }
 
     /// Evaluates `prompt[reused..]` (the session already holds the rest) and generates.
@@ -169,6 +201,7 @@ impl Engine {
         prompt: &[u32],
         reused: usize,
         params: &GenParams,
+        interrupt: &dyn Fn() -> bool,
         mut on_step: impl FnMut(Step) -> ControlFlow<()>,
     ) -> Result<Outcome, EngineError> {
         let mut sampler = Sampler::new(params.sampler)?;
@@ -189,14 +222,49 @@ impl Engine {
         let chunks: Vec<&[u32]> = std::iter::once(head)
             .chain(tail.chunks(PROMPT_BATCH))
             .collect();
+        let interrupted = |prompt_time| Outcome {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Cancelled,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            prompt_time,
+            gen_time: Duration::ZERO,
+        };
+        // An interrupted pass leaves the session as it was before that batch; a pending
+        // token of the conversation is then dropped with the rest of the prompt.
+        self.pending = None;
         for chunk in &chunks[..chunks.len() - 1] {
             self.model.enter(Phase::Prefill);
-            forward_prompt(&self.model, &mut self.session, &mut self.cached, chunk)?;
+            let pass = forward_prompt(
+                &self.model,
+                &mut self.session,
+                &mut self.cached,
+                chunk,
+                interrupt,
+            );
+            match pass {
+                Err(EngineError::Model(ModelError::Interrupted)) => {
+                    return Ok(interrupted(start.elapsed()));
+                }
+                other => other?,
+            };
         }
-        self.pending = None;
         let last = chunks[chunks.len() - 1];
         self.model.enter(Phase::Prefill);
-        let mut logits = forward_prompt(&self.model, &mut self.session, &mut self.cached, last)?;
+        let pass = forward_prompt(
+            &self.model,
+            &mut self.session,
+            &mut self.cached,
+            last,
+            interrupt,
+        );
+        let mut logits = match pass {
+            Err(EngineError::Model(ModelError::Interrupted)) => {
+                return Ok(interrupted(start.elapsed()));
+            }
+            other => other?,
+        };
         let prompt_time = start.elapsed();
 
         let start = Instant::now();
@@ -263,9 +331,10 @@ fn forward_prompt<'s>(
     session: &'s mut Session,
     cached: &mut Vec<u32>,
     chunk: &[u32],
+    interrupt: &dyn Fn() -> bool,
 ) -> Result<&'s [f32], EngineError> {
     let contiguous = cached.len() == session.n_past();
-    let logits = model.forward(session, chunk, Logits::Last)?;
+    let logits = model.forward_interruptible(session, chunk, Logits::Last, interrupt)?;
     if contiguous && chunk.len() > 1 {
         cached.extend_from_slice(chunk);
     }

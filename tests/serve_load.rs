@@ -18,7 +18,7 @@ fn a_hundred_clients_at_once_each_get_exactly_one_outcome() {
     const CLIENTS: usize = 100;
     const DEPTH: usize = 4;
     let d = Daemon::start(&format!(
-        "[limits]\nqueue_depth = {DEPTH}\nmax_connections = 128\n"
+        "[limits]\nqueue_depth = {DEPTH}\nmax_connections = 128\nmax_connections_per_uid = 128\n"
     ));
     // A long request holds the engine, so that the hundred meet a queue with no room to spare.
     let mut holder = d.connect();

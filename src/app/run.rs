@@ -81,7 +81,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         n => n,
     };
-    let seed = args.seed.unwrap_or_else(random_seed);
+    let seed = args.seed.unwrap_or_else(crate::engine::random_seed);
     log::info!("sampling seed {seed}");
     let params = GenParams {
         max_tokens: args.n_predict,
@@ -253,9 +253,4 @@ impl Totals {
             log::info!("peak memory = {:.1} MiB (VmHWM)", bytes as f64 / 1048576.0);
         }
     }
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }

@@ -1,11 +1,12 @@
-//! `bitnetd serve`: the daemon. Reads the config (CLI flags override it), loads and validates
-//! the model once, then hands over to `server::run`.
+//! `bitnetd serve`: the daemon. Reads the config (CLI flags override it) and finds the model
+//! (`model`, the one GGUF in `model_dir`, or the demo model), then hands over to
+//! `server::run`, which binds the socket and loads the model on the engine thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::ValueEnum;
 
 use super::common;
@@ -15,7 +16,7 @@ use crate::engine::Engine;
 use crate::model::HeadChoice;
 use crate::server::queue::Stats;
 use crate::server::worker::Worker;
-use crate::server::{self, ServerInfo};
+use crate::server::{self, Boot, ModelInfo};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -134,9 +135,100 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = config(args)?;
-    // No model configured: the demo model (random weights), with a warning saying so.
-    let path = common::model_path(config.model.as_deref())?;
-    let mut loaded = common::load(&path, None)?;
+    let boot = match ModelSource::find(&config)? {
+        ModelSource::File(path) => {
+            // A missing file is a setting to fix, found before the socket is taken.
+            std::fs::metadata(&path).with_context(|| format!("model {}", path.display()))?;
+            boot(&config, path)
+        }
+        // A developer's `serve` without any model setting: the demo model (random weights),
+        // with a warning saying so.
+        ModelSource::Demo => boot(&config, common::model_path(None)?),
+        ModelSource::Missing(message) => Boot::NoModel(message),
+    };
+    server::run(config, boot).context("serving")
+}
+
+/// Where the model to serve comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum ModelSource {
+    File(PathBuf),
+    /// Neither `model` nor `model_dir` is set.
+    Demo,
+    /// `model_dir` holds no single GGUF file: the daemon stays up and says this.
+    Missing(String),
+}
+
+impl ModelSource {
+    fn find(config: &Config) -> anyhow::Result<Self> {
+        let dir = match (&config.model, &config.model_dir) {
+            (Some(path), _) => return Ok(ModelSource::File(path.clone())),
+            (None, None) => return Ok(ModelSource::Demo),
+            (None, Some(dir)) => dir,
+        };
+        let put = format!("put a GGUF in {} or set model=", dir.display());
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ModelSource::Missing(format!("no model configured: {put}")));
+            }
+            Err(e) => bail!("reading model_dir {}: {e}", dir.display()),
+        };
+        let mut ggufs = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("reading model_dir {}", dir.display()))?
+                .path();
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+                && path.is_file()
+            {
+                ggufs.push(path);
+            }
+        }
+        ggufs.sort();
+        Ok(match ggufs.as_slice() {
+            [] => ModelSource::Missing(format!("no model configured: {put}")),
+            [one] => ModelSource::File(one.clone()),
+            several => {
+                let names: Vec<_> = several
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy())
+                    .collect();
+                ModelSource::Missing(format!(
+                    "{} holds {} GGUF files ({}): set model= to the one to serve",
+                    dir.display(),
+                    names.len(),
+                    names.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+/// Loading `path` on the engine thread, as the config asks.
+fn boot(config: &Config, path: PathBuf) -> Boot {
+    let model = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    );
+    let config = config.clone();
+    Boot::Load {
+        model: model.clone(),
+        load: Box::new(move |stats| load(&config, &path, model, stats)),
+    }
+}
+
+/// Loads and validates the model and builds the engine's worker.
+fn load(
+    config: &Config,
+    path: &Path,
+    model: String,
+    stats: Arc<Stats>,
+) -> anyhow::Result<(ModelInfo, Worker)> {
+    let mut loaded = common::load(path, None)?;
     log::info!(
         "loaded {} in {:.0} ms",
         path.display(),
@@ -167,16 +259,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let template = ChatTemplate::from_gguf(&loaded.model.gguf);
     let engine = Engine::new(loaded.model, loaded.tokenizer, n_ctx);
-    let info = ServerInfo {
-        model: path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into(),
-        ),
+    let info = ModelInfo {
+        model,
         kernel: kernel.name().into(),
         head,
         threads,
         n_ctx,
-        mqtt: config.mqtt.enabled().then(Default::default),
         power: Some(power),
     };
     let timeout = config.limits.request_timeout_secs;
@@ -187,14 +275,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         max_prompt_tokens: config.limits.max_prompt_tokens.min(n_ctx.saturating_sub(1)),
         timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
         prefix_cache: config.prefix_cache,
-        stats: Arc::new(Stats::new()),
+        stats,
     };
-    server::run(config, info, worker).context("serving")
+    Ok((info, worker))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::broker;
+    use super::*;
 
     #[test]
     fn broker_addresses_parse() {
@@ -207,5 +295,49 @@ mod tests {
         for bad in ["", ":1883", "host:0", "host:x", "[::1", "[::1]1883"] {
             assert!(broker(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_model_comes_from_model_dir_when_model_is_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            model_dir: Some(dir.path().join("models")),
+            ..Config::default()
+        };
+        let missing = ModelSource::find(&config).unwrap();
+        let put = format!(
+            "put a GGUF in {} or set model=",
+            dir.path().join("models").display()
+        );
+        assert_eq!(
+            missing,
+            ModelSource::Missing(format!("no model configured: {put}"))
+        );
+        std::fs::create_dir(dir.path().join("models")).unwrap();
+        std::fs::write(dir.path().join("models/notes.txt"), "x").unwrap();
+        assert!(matches!(
+            ModelSource::find(&config).unwrap(),
+            ModelSource::Missing(_)
+        ));
+        let a = dir.path().join("models/a.gguf");
+        std::fs::write(&a, "x").unwrap();
+        assert_eq!(
+            ModelSource::find(&config).unwrap(),
+            ModelSource::File(a.clone())
+        );
+        std::fs::write(dir.path().join("models/b.GGUF"), "x").unwrap();
+        let ModelSource::Missing(m) = ModelSource::find(&config).unwrap() else {
+            panic!("two files must not be chosen between silently")
+        };
+        assert!(m.contains("2 GGUF files (a.gguf, b.GGUF)"), "{m}");
+        let given = Config {
+            model: Some(a.clone()),
+            ..config
+        };
+        assert_eq!(ModelSource::find(&given).unwrap(), ModelSource::File(a));
+        assert_eq!(
+            ModelSource::find(&Config::default()).unwrap(),
+            ModelSource::Demo
+        );
     }
 }

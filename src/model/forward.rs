@@ -198,6 +198,20 @@ impl Model {
         tokens: &[u32],
         want: Logits,
     ) -> Result<&'s [f32], ModelError> {
+        self.forward_interruptible(s, tokens, want, &|| false)
+    }
+
+    /// [`Model::forward`], asking `interrupt` before each layer: when it says true, the pass
+    /// stops with [`ModelError::Interrupted`] and the session is unchanged (the KV rows
+    /// written so far lie past `n_past`). A long prompt batch can so be cancelled, and the
+    /// caller can show a watchdog that it makes progress, within one layer.
+    pub fn forward_interruptible<'s>(
+        &self,
+        s: &'s mut Session,
+        tokens: &[u32],
+        want: Logits,
+        interrupt: &dyn Fn() -> bool,
+    ) -> Result<&'s [f32], ModelError> {
         let hp = &self.hparams;
         if tokens.is_empty() {
             return Err(ModelError::EmptyBatch);
@@ -224,6 +238,9 @@ impl Model {
         b.rope.fill(hp, s.n_past, n);
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
+            if interrupt() {
+                return Err(ModelError::Interrupted);
+            }
             // Attention block. Its input: the embeddings, or the last layer's output.
             let proj = &b.proj;
             steps.layer_input(

@@ -51,6 +51,8 @@ pub enum ModelError {
     BadToken { token: u32, n_vocab: usize },
     #[error("no tokens to evaluate")]
     EmptyBatch,
+    #[error("the forward pass was interrupted")]
+    Interrupted,
 }
 
 /// Prompt tokens evaluated per forward pass by the engine: bounds the scratch memory of long

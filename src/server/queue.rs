@@ -1,18 +1,24 @@
 //! The bounded request queue between the transports and the engine thread.
 //!
 //! Every transport (the socket, MQTT) turns a request into a [`Job`] and calls
-//! [`Queue::submit`]; first come, first served, whatever the transport. A full queue answers at
-//! once with `busy` instead of making clients wait without bound. Events flow back through the
-//! job's own channel to whichever transport made it.
+//! [`Queue::submit`]. The engine takes the clients' jobs in turn (round-robin over the clients
+//! with queued jobs, each client's own in order), so that one client sending many requests
+//! cannot make the others wait behind all of them. A full queue, or a client with
+//! `max_queued_per_client` jobs already waiting, is answered at once with `busy` instead of
+//! making clients wait without bound. Events flow back through the job's own channel to
+//! whichever transport made it.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::protocol::{Event, GenRequest};
+use super::ServerInfo;
+use super::log_escape::Escaped;
+use super::protocol::{ErrorCode, Event, GenRequest};
 
 /// One request on its way to the engine.
 #[derive(Debug)]
@@ -21,6 +27,8 @@ pub struct Job {
     pub request: GenRequest,
     /// Which transport it came from ("socket", "mqtt"): for the log line.
     pub transport: &'static str,
+    /// Who sent it: the unit of fairness and of the per-client cap.
+    pub client: ClientKey,
     /// Where this request's events go. The engine thread sends without blocking; the
     /// transport's task writes them out. A closed channel means the client is gone.
     pub events: UnboundedSender<Event>,
@@ -30,6 +38,37 @@ pub struct Job {
     pub arrived: Instant,
     /// A request not started by then is answered `expired` (MQTT 5 message expiry).
     pub expires: Option<Instant>,
+}
+
+/// Who a job belongs to, for round-robin and the per-client cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// One socket connection: its peer's uid and the daemon's number for the connection.
+    Socket { uid: u32, connection: u64 },
+    /// An MQTT reply topic (one device, one reply topic), by its hash: fairness only needs
+    /// to tell topics apart, and the key stays `Copy`.
+    ReplyTopic(u64),
+}
+
+impl ClientKey {
+    /// The key of the MQTT requests that reply to `topic`.
+    pub fn reply_topic(topic: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        topic.hash(&mut hasher);
+        ClientKey::ReplyTopic(hasher.finish())
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientKey::Socket { uid, connection } => {
+                write!(f, "connection {connection} (uid {uid})")
+            }
+            ClientKey::ReplyTopic(hash) => write!(f, "reply topic {hash:016x}"),
+        }
+    }
 }
 
 /// A flag shared by a job's transport and the engine thread.
@@ -107,21 +146,64 @@ impl Default for Stats {
     }
 }
 
-/// The transports' end of the queue; cheap to clone.
+/// The transports' end of the queue; cheap to clone. When the last clone is dropped, the
+/// engine takes what is still queued and then hears [`Next::Closed`].
 #[derive(Debug, Clone)]
 pub struct Queue {
-    /// Bounded to `queue_depth`: `try_send` never blocks the runtime.
-    tx: SyncSender<Job>,
-    /// Shared with the engine thread.
-    stats: Arc<Stats>,
-    /// The bound, for `status`.
-    capacity: usize,
+    shared: Arc<Shared>,
+    /// Closes the queue when the last clone goes.
+    _senders: Arc<Senders>,
 }
 
 /// The engine thread's end.
 pub struct QueueReceiver {
-    rx: Receiver<Job>,
+    shared: Arc<Shared>,
+}
+
+/// What [`QueueReceiver::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// The next client's oldest job (boxed: a job is large, the other variants empty).
+    Job(Box<Job>),
+    /// Nothing arrived in time.
+    Idle,
+    /// Every sender is gone and nothing is left.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled on each submit and at close.
+    arrived: Condvar,
+    /// Jobs waiting at most, over all clients.
+    capacity: usize,
+    /// Jobs waiting at most, per client.
+    per_client: usize,
     stats: Arc<Stats>,
+    /// Whether the engine can take jobs now (loading, no model).
+    info: Arc<ServerInfo>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Clients with waiting jobs, in the order they will be served.
+    turns: VecDeque<ClientKey>,
+    /// Each client's waiting jobs, oldest first; only clients in `turns` have an entry.
+    jobs: HashMap<ClientKey, VecDeque<Job>>,
+    /// Jobs waiting, over all clients.
+    len: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Senders(Arc<Shared>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().closed = true;
+        self.0.arrived.notify_all();
+    }
 }
 
 /// A job the queue could not take, handed back so that its transport can answer it.
@@ -129,66 +211,149 @@ pub struct QueueReceiver {
 pub enum SubmitError {
     /// `queue_depth` jobs are already waiting.
     Full(Box<Job>),
+    /// This job's client already has `max_queued_per_client` jobs waiting.
+    ClientFull(Box<Job>),
     /// The engine thread is gone (shutting down).
     Closed(Box<Job>),
 }
 
-pub fn queue(capacity: usize, stats: Arc<Stats>) -> (Queue, QueueReceiver) {
-    let (tx, rx) = sync_channel(capacity);
+impl SubmitError {
+    /// The error to answer the job's client with.
+    pub fn answer(&self) -> (ErrorCode, &'static str) {
+        match self {
+            SubmitError::Full(_) => (ErrorCode::Busy, "the queue is full; try again later"),
+            SubmitError::ClientFull(_) => (
+                ErrorCode::Busy,
+                "this client has as many requests queued as it may; wait for one to finish",
+            ),
+            SubmitError::Closed(_) => (ErrorCode::Internal, "the daemon is shutting down"),
+        }
+    }
+}
+
+/// A queue holding at most `capacity` waiting jobs, at most `per_client` of them from one
+/// client.
+pub fn queue(
+    capacity: usize,
+    per_client: usize,
+    stats: Arc<Stats>,
+    info: Arc<ServerInfo>,
+) -> (Queue, QueueReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::default(),
+        arrived: Condvar::new(),
+        capacity,
+        per_client: per_client.min(capacity),
+        stats,
+        info,
+    });
     (
         Queue {
-            tx,
-            stats: stats.clone(),
-            capacity,
+            shared: shared.clone(),
+            _senders: Arc::new(Senders(shared.clone())),
         },
-        QueueReceiver { rx, stats },
+        QueueReceiver { shared },
     )
 }
 
 impl Queue {
+    /// Queues `job`, or hands it back when there is no room. While the model loads (or
+    /// without a model) the job is answered at once through its own channel, with the
+    /// error saying so, as the engine would answer it.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        // Counted before sending so that the engine's decrement never comes first.
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let result = self.tx.try_send(job);
-        if let Err(e) = &result {
-            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let (TrySendError::Full(job) | TrySendError::Disconnected(job)) = e;
-            // The request's one log line: it never reaches the engine.
+        let shared = &self.shared;
+        if let Some((code, message)) = shared.info.refusal() {
             log::info!(
-                "request {} via {}: 0 prompt tokens, 0 completion tokens, finish error ({})",
-                job.request.id,
+                "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+                 finish error ({}: {message}); {}",
+                Escaped(&job.request.id),
                 job.transport,
-                match e {
-                    TrySendError::Full(_) => "busy: the queue is full",
-                    TrySendError::Disconnected(_) => "internal: shutting down",
-                }
+                code.as_str(),
+                job.client,
             );
+            let id = job.request.id.clone();
+            // A closed channel means the client went away.
+            let _ = job.events.send(Event::error(Some(id), code, message));
+            return Ok(());
         }
-        result.map_err(|e| match e {
-            TrySendError::Full(job) => SubmitError::Full(Box::new(job)),
-            TrySendError::Disconnected(job) => SubmitError::Closed(Box::new(job)),
-        })
+        let mut state = shared.state.lock().unwrap();
+        let queued = state.jobs.get(&job.client).map_or(0, VecDeque::len);
+        let refused = if state.closed {
+            Some(SubmitError::Closed(Box::new(job)))
+        } else if state.len >= shared.capacity {
+            Some(SubmitError::Full(Box::new(job)))
+        } else if queued >= shared.per_client {
+            Some(SubmitError::ClientFull(Box::new(job)))
+        } else {
+            if queued == 0 {
+                state.turns.push_back(job.client);
+            }
+            state.jobs.entry(job.client).or_default().push_back(job);
+            state.len += 1;
+            shared.stats.waiting.store(state.len, Ordering::Relaxed);
+            None
+        };
+        drop(state);
+        let Some(refused) = refused else {
+            shared.arrived.notify_one();
+            return Ok(());
+        };
+        let (SubmitError::Full(job) | SubmitError::ClientFull(job) | SubmitError::Closed(job)) =
+            &refused;
+        // The request's one log line: it never reaches the engine.
+        let (code, message) = refused.answer();
+        log::info!(
+            "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+             finish error ({}: {message}); {}",
+            Escaped(&job.request.id),
+            job.transport,
+            code.as_str(),
+            job.client,
+        );
+        Err(refused)
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.shared.capacity
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.shared.stats
+    }
+
+    pub fn info(&self) -> &Arc<ServerInfo> {
+        &self.shared.info
     }
 }
 
 impl QueueReceiver {
-    /// The next job, waiting at most `timeout`; `Err(true)` when every sender is gone.
-    pub fn next(&self, timeout: Duration) -> Result<Job, bool> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(job) => {
-                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                Ok(job)
-            }
-            Err(RecvTimeoutError::Timeout) => Err(false),
-            Err(RecvTimeoutError::Disconnected) => Err(true),
+    /// The next client's oldest job, waiting at most `timeout` for one.
+    pub fn next(&self, timeout: Duration) -> Next {
+        let shared = &self.shared;
+        let state = shared.state.lock().unwrap();
+        let (mut state, _) = shared
+            .arrived
+            .wait_timeout_while(state, timeout, |s| s.len == 0 && !s.closed)
+            .unwrap();
+        let Some(client) = state.turns.pop_front() else {
+            return if state.closed {
+                Next::Closed
+            } else {
+                Next::Idle
+            };
+        };
+        let jobs = state
+            .jobs
+            .get_mut(&client)
+            .expect("a client in turn has jobs");
+        let job = jobs.pop_front().expect("a client in turn has jobs");
+        if jobs.is_empty() {
+            state.jobs.remove(&client);
+        } else {
+            state.turns.push_back(client);
         }
+        state.len -= 1;
+        shared.stats.waiting.store(state.len, Ordering::Relaxed);
+        Next::Job(Box::new(job))
     }
 }

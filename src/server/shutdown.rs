@@ -36,12 +36,21 @@ impl Shutdown {
 }
 
 /// Waits for SIGTERM (systemd stop) or SIGINT (Ctrl-C); the name of the one that came.
+/// SIGHUP is logged and ignored: it never ends the daemon.
 pub async fn signal() -> std::io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+    // Handled so that its default action (exit) never ends the daemon; the config is read
+    // once at start, so there is nothing to reload: a restart applies a new one.
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = hup.recv() => log::info!(
+                "SIGHUP: ignored (the config is read at start only; restart the service to apply a new one)"
+            ),
+        }
+    }
 }

@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::chat::{ChatTemplate, Message, Role};
-use crate::engine::{Engine, FinishReason, GenParams, Step};
+use crate::engine::{Engine, FinishReason, GenParams, Outcome, Step};
 
+use super::log_escape::Escaped;
 use super::protocol::{Done, ErrorCode, Event, Timings, Usage};
-use super::queue::{Job, QueueReceiver, Stats};
+use super::queue::{Job, Next, QueueReceiver, Stats};
 
 /// How often the idle engine wakes to show the watchdog it is alive.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -47,9 +48,13 @@ impl Worker {
             turn.push(Message::new(Role::System, system_prompt));
         }
         turn.push(Message::new(Role::User, "Hello"));
+        // Tokenized as requests are (content without special parsing), so that their
+        // tokens share this prefix.
         let system = match system_prompt {
-            "" => String::new(),
-            s => self.template.render_system(s),
+            "" => Default::default(),
+            s => self
+                .template
+                .render_marked(&[Message::new(Role::System, s)], false),
         };
         let params = GenParams {
             max_tokens: 1,
@@ -57,8 +62,12 @@ impl Worker {
             ignore_eos: true,
         };
         let mut evaluated = 0;
-        for text in [self.template.render(&turn, true), system] {
-            let tokens = self.engine.tokenizer.encode(&text, true, true)?;
+        for rendered in [self.template.render_marked(&turn, true), system] {
+            let tokens = self.engine.tokenizer.encode_with_literal(
+                &rendered.text,
+                true,
+                &rendered.content,
+            )?;
             self.engine
                 .generate_reusing(&tokens, &params, |_| ControlFlow::Continue(()))?;
             evaluated += tokens.len();
@@ -75,7 +84,7 @@ impl Worker {
         self.stats.beat();
         loop {
             match queue.next(IDLE_TICK) {
-                Ok(job) => {
+                Next::Job(job) => {
                     self.stats.busy.store(true, Ordering::Relaxed);
                     let last = self.serve(&job);
                     // Idle before the final event goes out: a client that has its answer
@@ -85,164 +94,195 @@ impl Worker {
                     // A closed channel means the client went away.
                     let _ = job.events.send(last);
                 }
-                Err(false) => self.stats.beat(),
-                Err(true) => break,
+                Next::Idle => self.stats.beat(),
+                Next::Closed => break,
             }
         }
         log::debug!("engine thread done");
     }
 
-    /// Streams a job's tokens and returns its final event (done or error), for the caller
-    /// to send.
+    /// Runs a job: returns its final event (done or error), for the caller to send.
     fn serve(&mut self, job: &Job) -> Event {
         let started = Instant::now();
-        let id = job.request.id.clone();
-        let send = |event: Event| {
-            // A closed channel means the client went away; the cancel flag says the same.
-            let _ = job.events.send(event);
-        };
-        let timeout = self.timeout;
-        let stopped = |stats: &Stats| {
-            job.cancel.is_cancelled()
-                || job.events.is_closed()
-                || stats.shutting_down.load(Ordering::Relaxed)
-                || timeout.is_some_and(|t| job.arrived.elapsed() > t)
-        };
+        let id = &job.request.id;
+        let queue_ms = ms(started - job.arrived);
         if job.expires.is_some_and(|t| started > t) {
             let message = "the request's message expiry passed while it waited in the queue";
-            log::info!("request {id} via {}: expired in the queue", job.transport);
-            return Event::error(Some(id), ErrorCode::Expired, message);
+            log::info!(
+                "request {} via {}: expired in the queue; {}",
+                Escaped(id),
+                job.transport,
+                job.client
+            );
+            return Event::error(Some(id.clone()), ErrorCode::Expired, message);
         }
-        if stopped(&self.stats) {
-            let done = Event::Done(Box::new(Done {
+        if self.stopped(job) {
+            log::info!(
+                "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+                 finish cancelled (before it started); {}",
+                Escaped(id),
+                job.transport,
+                job.client
+            );
+            return Event::Done(Box::new(Done {
                 id: id.clone(),
                 done: true,
                 text: String::new(),
-                finish_reason: "cancelled",
+                finish_reason: FinishReason::Cancelled,
                 usage: Usage {
                     prompt_tokens: 0,
                     completion_tokens: 0,
                 },
                 timings: Timings {
-                    queue_ms: ms(started - job.arrived),
+                    queue_ms,
                     ttft_ms: 0.0,
                     tokens_per_s: 0.0,
                 },
             }));
-            log::info!(
-                "request {id} via {}: 0 prompt tokens, 0 completion tokens, \
-                 finish cancelled (before it started)",
-                job.transport
-            );
-            return done;
         }
-        let text = self.template.render(&job.request.messages, true);
-        // A request that fails gets its error and one log line naming it.
-        let fail = |prompt_tokens: usize, code: ErrorCode, message: String| {
-            log::info!(
-                "request {id} via {}: {prompt_tokens} prompt tokens, 0 completion tokens, \
-                 finish error ({}: {message})",
-                job.transport,
-                code.as_str()
-            );
-            Event::error(Some(id.clone()), code, message)
-        };
-        let tokens = match self.engine.tokenizer.encode(&text, true, true) {
+        let tokens = match self.prompt(job) {
             Ok(t) => t,
-            Err(e) => return fail(0, ErrorCode::Internal, e.to_string()),
+            Err((prompt_tokens, code, message)) => return fail(job, prompt_tokens, code, message),
         };
+        let generated = match self.generate(job, &tokens) {
+            Ok(g) => g,
+            Err(message) => return fail(job, tokens.len(), ErrorCode::Internal, message),
+        };
+        self.finish(job, queue_ms, generated)
+    }
+
+    fn stopped(&self, job: &Job) -> bool {
+        stopped(job, &self.stats, self.timeout)
+    }
+
+    /// The job's prompt tokens: the chat template's markup with special tokens, the
+    /// messages' content as plain text (a client cannot forge control tokens).
+    fn prompt(&self, job: &Job) -> Result<Vec<u32>, (usize, ErrorCode, String)> {
+        let rendered = self.template.render_marked(&job.request.messages, true);
+        let tokens = self
+            .engine
+            .tokenizer
+            .encode_with_literal(&rendered.text, true, &rendered.content)
+            .map_err(|e| (0, ErrorCode::Internal, e.to_string()))?;
         if tokens.len() > self.max_prompt_tokens {
             let message = format!(
                 "the prompt has {} tokens; the limit is {}",
                 tokens.len(),
                 self.max_prompt_tokens
             );
-            return fail(tokens.len(), ErrorCode::TooLong, message);
+            return Err((tokens.len(), ErrorCode::TooLong, message));
         }
+        Ok(tokens)
+    }
+
+    /// Evaluates the prompt (stopping within one layer when the job is stopped; each layer
+    /// is progress for the watchdog) and streams the generated text.
+    fn generate(&mut self, job: &Job, tokens: &[u32]) -> Result<Generated, String> {
         let params = GenParams {
             max_tokens: job.request.max_tokens,
             sampler: job.request.sampler,
             ignore_eos: false,
         };
+        let id = &job.request.id;
         let mut stops = StopFilter::new(&job.request.stop);
         let mut first_token: Option<Instant> = None;
         let mut hit_stop = false;
-        let stats = self.stats.clone();
         let stream = job.request.stream;
+        let (stats, timeout) = (&self.stats, self.timeout);
+        let interrupt = || {
+            stats.beat();
+            stopped(job, stats, timeout)
+        };
         let on_step = |step: Step| {
             first_token.get_or_insert_with(Instant::now);
             stats.beat();
             let (out, found) = stops.push(step.text);
             if stream && !out.is_empty() {
-                send(Event::Token {
-                    id: id.clone(),
-                    token: out,
-                });
+                send(
+                    job,
+                    Event::Token {
+                        id: id.clone(),
+                        token: out,
+                    },
+                );
             }
             if found {
                 hit_stop = true;
                 return ControlFlow::Break(());
             }
-            if stopped(&stats) {
+            if stopped(job, stats, timeout) {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
         };
+        let engine = &mut self.engine;
         let result = if self.prefix_cache {
-            self.engine.generate_reusing(&tokens, &params, on_step)
+            engine.generate_reusing_until(tokens, &params, &interrupt, on_step)
         } else {
+            engine.reset();
+            engine.generate_until(tokens, &params, &interrupt, on_step)
+        };
+        let outcome = result.map_err(|e| {
             self.engine.reset();
-            self.engine.generate(&tokens, &params, on_step)
-        };
-        let outcome = match result {
-            Ok(o) => o,
-            Err(e) => {
-                self.engine.reset();
-                return fail(tokens.len(), ErrorCode::Internal, e.to_string());
-            }
-        };
+            e.to_string()
+        })?;
         let (tail, _) = stops.finish();
         if stream && !tail.is_empty() && !hit_stop {
-            send(Event::Token {
-                id: id.clone(),
-                token: tail,
-            });
+            send(
+                job,
+                Event::Token {
+                    id: id.clone(),
+                    token: tail,
+                },
+            );
         }
-        let finish_reason = match outcome.finish {
-            _ if hit_stop => "stop",
-            FinishReason::Stop => "stop",
-            FinishReason::Length | FinishReason::ContextFull => "length",
-            FinishReason::Cancelled => "cancelled",
+        let finish = if hit_stop {
+            FinishReason::Stop
+        } else {
+            outcome.finish
         };
-        let n = outcome.tokens.len();
+        Ok(Generated {
+            text: stops.text,
+            finish,
+            first_token,
+            outcome,
+        })
+    }
+
+    /// The final event of a generation, its log line and the counters.
+    fn finish(&self, job: &Job, queue_ms: f64, g: Generated) -> Event {
+        let n = g.outcome.tokens.len();
         let tokens_per_s = if n > 1 {
-            (n - 1) as f64 / outcome.gen_time.as_secs_f64().max(1e-9)
+            (n - 1) as f64 / g.outcome.gen_time.as_secs_f64().max(1e-9)
         } else {
             0.0
         };
-        let ttft = first_token.map_or(Duration::ZERO, |t| t - job.arrived);
+        let ttft = g.first_token.map_or(Duration::ZERO, |t| t - job.arrived);
         let done = Done {
-            id: id.clone(),
+            id: job.request.id.clone(),
             done: true,
-            text: stops.text,
-            finish_reason,
+            text: g.text,
+            finish_reason: g.finish,
             usage: Usage {
-                prompt_tokens: outcome.prompt_tokens,
+                prompt_tokens: g.outcome.prompt_tokens,
                 completion_tokens: n,
             },
             timings: Timings {
-                queue_ms: ms(started - job.arrived),
+                queue_ms,
                 ttft_ms: ms(ttft),
                 tokens_per_s,
             },
         };
         log::info!(
-            "request {id} via {}: {} prompt tokens ({} reused), {n} completion tokens, \
-             ttft {:.0} ms, {tokens_per_s:.1} tokens/s, finish {finish_reason}",
+            "request {} via {}: {} prompt tokens ({} reused), {n} completion tokens, \
+             ttft {:.0} ms, {tokens_per_s:.1} tokens/s, finish {}; {}",
+            Escaped(&done.id),
             job.transport,
-            outcome.prompt_tokens,
-            outcome.reused_tokens,
+            g.outcome.prompt_tokens,
+            g.outcome.reused_tokens,
             done.timings.ttft_ms,
+            g.finish.as_str(),
+            job.client,
         );
         // Counted before the caller sends `done`, so that a client that has its answer sees
         // it in `status`.
@@ -252,6 +292,42 @@ impl Worker {
             .store(tokens_per_s.to_bits(), Ordering::Relaxed);
         Event::Done(Box::new(done))
     }
+}
+
+/// What [`Worker::generate`] made.
+struct Generated {
+    /// The text up to any stop string.
+    text: String,
+    finish: FinishReason,
+    first_token: Option<Instant>,
+    outcome: Outcome,
+}
+
+/// Whether the job should stop now: cancelled, its client gone, shutdown, or timed out.
+fn stopped(job: &Job, stats: &Stats, timeout: Option<Duration>) -> bool {
+    job.cancel.is_cancelled()
+        || job.events.is_closed()
+        || stats.shutting_down.load(Ordering::Relaxed)
+        || timeout.is_some_and(|t| job.arrived.elapsed() > t)
+}
+
+/// Sends one of the job's events; a closed channel means the client went away (the engine
+/// notices it at its next check).
+fn send(job: &Job, event: Event) {
+    let _ = job.events.send(event);
+}
+
+/// A request that fails gets its error and one log line naming it.
+fn fail(job: &Job, prompt_tokens: usize, code: ErrorCode, message: String) -> Event {
+    log::info!(
+        "request {} via {}: {prompt_tokens} prompt tokens, 0 completion tokens, \
+         finish error ({}: {message}); {}",
+        Escaped(&job.request.id),
+        job.transport,
+        code.as_str(),
+        job.client,
+    );
+    Event::error(Some(job.request.id.clone()), code, message)
 }
 
 fn ms(d: Duration) -> f64 {

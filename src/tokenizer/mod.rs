@@ -12,6 +12,8 @@ mod stream;
 #[cfg(test)]
 pub(crate) mod test_gguf;
 
+use std::ops::Range;
+
 use tokenizers::models::bpe::{BPE, Vocab};
 
 use crate::gguf::{Gguf, Value};
@@ -221,13 +223,35 @@ impl Tokenizer {
     /// turns the text of control tokens such as `<|eot_id|>` into their ids
     /// instead of tokenizing it as ordinary text.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_parts(text, add_special, parse_special, &[])
+    }
+
+    /// [`Tokenizer::encode`] with special parsing, except that special-token text overlapping
+    /// the `literal` byte ranges (a chat's message content) is tokenized as ordinary text.
+    /// Without such text in them, the ids are those of `encode(text, add_special, true)`.
+    pub fn encode_with_literal(
+        &self,
+        text: &str,
+        add_special: bool,
+        literal: &[Range<usize>],
+    ) -> Result<Vec<u32>> {
+        self.encode_parts(text, add_special, true, literal)
+    }
+
+    fn encode_parts(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        literal: &[Range<usize>],
+    ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         if add_special && self.add_bos {
             ids.extend(self.bos);
         }
         // SentencePiece adds its leading space at the start and after specials.
         let mut after_special = true;
-        for fragment in self.partition(text, parse_special) {
+        for fragment in self.partition(text, parse_special, literal) {
             match fragment {
                 Fragment::Token(id) => {
                     ids.push(id);
@@ -246,8 +270,14 @@ impl Tokenizer {
     }
 
     /// Cuts special-token text out of `text`, one special at a time, longest
-    /// first, as llama.cpp does.
-    fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
+    /// first, as llama.cpp does; text of a special that needs `parse_special`
+    /// stays text where it overlaps a `literal` range.
+    fn partition<'a>(
+        &self,
+        text: &'a str,
+        parse_special: bool,
+        literal: &[Range<usize>],
+    ) -> Vec<Fragment<'a>> {
         let mut fragments = vec![Fragment::Text(text)];
         for special in &self.specials {
             if special.needs_parse_special && !parse_special {
@@ -265,12 +295,26 @@ impl Tokenizer {
                     split.push(fragment);
                     continue;
                 };
-                while let Some(at) = rest.find(&special.text) {
+                let mut from = 0;
+                while let Some(found) = rest[from..].find(&special.text) {
+                    let at = from + found;
+                    // Where `rest` starts in `text`: both are the same string's bytes.
+                    let start = rest.as_ptr() as usize - text.as_ptr() as usize + at;
+                    let span = start..start + special.text.len();
+                    if special.needs_parse_special
+                        && literal
+                            .iter()
+                            .any(|r| r.start < span.end && span.start < r.end)
+                    {
+                        from = at + special.text.chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
                     if at > 0 {
                         split.push(Fragment::Text(&rest[..at]));
                     }
                     split.push(Fragment::Token(special.id));
                     rest = &rest[at + special.text.len()..];
+                    from = 0;
                 }
                 if !rest.is_empty() {
                     split.push(Fragment::Text(rest));

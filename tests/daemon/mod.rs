@@ -33,15 +33,31 @@ impl Daemon {
 
     /// As `start`, with `args` after `serve --config FILE` and extra environment variables.
     pub fn launch(extra: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let model = crate::common::reference("tiny-i2_s.gguf");
+        let top = format!(
+            "model = {:?}\nctx_size = 1024\n{extra}",
+            model.display().to_string()
+        );
+        let mut d = Self::spawn(&top, args, env);
+        d.ready = d.wait_ready();
+        assert!(
+            d.ready.contains("STATUS=serving tiny-i2_s.gguf"),
+            "{}",
+            d.ready
+        );
+        d
+    }
+
+    /// Starts `bitnetd serve` with `top` as its config's top-level keys and tables (the
+    /// `[socket]` table is added), without waiting for anything.
+    pub fn spawn(top: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("bitnetd.sock");
         let config = dir.path().join("bitnetd.toml");
-        let model = crate::common::reference("tiny-i2_s.gguf");
         std::fs::write(
             &config,
             format!(
-                "model = {:?}\nctx_size = 1024\n{extra}\n[socket]\npath = {:?}\n",
-                model.display().to_string(),
+                "{top}\n[socket]\npath = {:?}\n",
                 socket.display().to_string()
             ),
         )
@@ -61,23 +77,39 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut d = Daemon {
+        Daemon {
             child,
             dir,
             socket,
             ready: String::new(),
             notify,
-        };
-        d.ready = d.notification();
-        assert!(d.ready.contains("READY=1"), "{}", d.ready);
-        assert!(
-            d.ready.contains("STATUS=serving tiny-i2_s.gguf"),
-            "{}",
-            d.ready
-        );
-        // The transport is open before READY.
-        assert!(d.socket.exists());
-        d
+        }
+    }
+
+    /// Reads notifications up to the one that says READY=1 (a STATUS=loading one comes
+    /// first); panics if the daemon exits or stays silent for [`PATIENCE`].
+    pub fn wait_ready(&mut self) -> String {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        self.notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        loop {
+            assert!(start.elapsed() < PATIENCE, "no READY=1:\n{}", self.log());
+            let Ok(n) = self.notify.recv(&mut buf) else {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!("the daemon exited ({status}) before READY:\n{}", self.log());
+                }
+                continue;
+            };
+            let n = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if n.contains("READY=1") {
+                self.notify.set_read_timeout(Some(PATIENCE)).unwrap();
+                // The transport is open before READY.
+                assert!(self.socket.exists());
+                return n;
+            }
+        }
     }
 
     pub fn notification(&self) -> String {
@@ -125,8 +157,13 @@ impl Daemon {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -229,4 +266,33 @@ pub fn request(id: &str, prompt: &str, max_tokens: usize) -> Value {
 /// Greedy requests long enough to still be running when the test acts on them.
 pub fn long_request(id: &str) -> Value {
     request(id, "Tell me a long story about the sea", 500)
+}
+
+/// A 125M-shaped random model (`gen-dummy --model-size 125M`, 32 MB), made once and kept
+/// under target/tmp for later runs.
+pub fn dummy_125m() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gen-dummy-125M.gguf");
+    if !path.exists() {
+        // Written aside and renamed: test binaries running at once never see half a file.
+        let part = path.with_extension(format!("{}.part", std::process::id()));
+        let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["gen-dummy", "--model-size", "125M", "--outfile"])
+            .arg(&part)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&part, &path).unwrap();
+    }
+    path
+}
+
+/// A prompt of about `n` tokens for the built-in 4096-token tokenizer of gen-dummy models
+/// (about 14 tokens a sentence).
+pub fn long_prompt(n: usize) -> String {
+    let sentence = "the quick brown fox jumps over the lazy dog ";
+    sentence.repeat(n / 14)
 }

@@ -20,7 +20,7 @@ use super::wire;
 use crate::config::Config;
 use crate::server::ServerInfo;
 use crate::server::protocol::{Command, ErrorCode, Event, GenRequest, Incoming};
-use crate::server::queue::{CancelToken, Job, Queue, SubmitError};
+use crate::server::queue::{CancelToken, ClientKey, Job, Queue};
 use crate::server::shutdown::Shutdown;
 
 /// Requests running or queued, by (reply topic, id): ids are the clients' own, so two
@@ -165,7 +165,7 @@ impl Dispatcher {
                     .await;
             }
             Ok(Incoming::Command(Command::Health, id)) => {
-                let health = crate::server::health(&self.info, &self.queue);
+                let health = crate::server::health(&self.queue);
                 self.answer(&target, Event::Health { id, health }, &m.topic)
                     .await;
             }
@@ -218,6 +218,7 @@ impl Dispatcher {
         let job = Job {
             request,
             transport: "mqtt",
+            client: ClientKey::reply_topic(&key.0),
             events,
             cancel: cancel.clone(),
             arrived,
@@ -228,10 +229,7 @@ impl Dispatcher {
         self.in_flight.lock().unwrap().insert(key.clone(), cancel);
         if let Err(e) = self.queue.submit(job) {
             self.in_flight.lock().unwrap().remove(&key);
-            let (code, msg) = match e {
-                SubmitError::Full(_) => (ErrorCode::Busy, "the queue is full; try again later"),
-                SubmitError::Closed(_) => (ErrorCode::Internal, "the daemon is shutting down"),
-            };
+            let (code, msg) = e.answer();
             let event = Event::error(Some(id), code, msg);
             return self.answer(&target, event, &m.topic).await;
         }

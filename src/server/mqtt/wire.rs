@@ -243,6 +243,8 @@ mod tests {
         let off: Value = serde_json::from_slice(&offline("pi1")).unwrap();
         assert_eq!(off, json!({"state": "offline", "node": "pi1"}));
         let status = Status {
+            model_state: "ready",
+            message: None,
             model: "m.gguf".into(),
             kernel: "i2s".into(),
             head: "f16".into(),

@@ -1,10 +1,12 @@
-//! The wire protocol, shared by every transport: one JSON object per socket line (or per
-//! MQTT message) in, JSON events out.
+//! The request side of the wire protocol: one JSON object per socket line (or per MQTT
+//! message), parsed and validated into an [`Incoming`].
 //!
 //! Parsing is strict: unknown fields, wrong types and out-of-range values are refused with a
 //! `bad_request` error that names the field, so a client's typo never goes unnoticed.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use super::event::{ErrorCode, Event};
 
 use crate::chat::{Message, Role};
 use crate::config::Config;
@@ -159,7 +161,7 @@ fn json(text: &str) -> Result<serde_json::Value, Rejection> {
         .map_err(|e| Rejection::new(None, ErrorCode::BadRequest, format!("invalid JSON: {e}")))
 }
 
-/// [`parse_line`]'s checks of a request's `value`, read again from `source` into the typed
+/// [`parse_line`]'s checks of a request's `value`, read again from `text` into the typed
 /// request.
 fn parse_checked(
     value: &serde_json::Value,
@@ -322,7 +324,7 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
         top_p: w.top_p.unwrap_or(d.top_p),
         min_p: w.min_p.unwrap_or(d.min_p),
         repeat_penalty: d.repeat_penalty,
-        seed: w.seed.unwrap_or_else(random_seed),
+        seed: w.seed.unwrap_or_else(crate::engine::random_seed),
         ..SamplerConfig::default()
     };
     sampler.validate().map_err(|e| e.to_string())?;
@@ -351,144 +353,6 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
         stop,
         stream: w.stream.unwrap_or(true),
     })
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    Busy,
-    TooLong,
-    /// An MQTT 5 request whose message expiry passed before the engine could start it.
-    Expired,
-    Internal,
-}
-
-impl ErrorCode {
-    /// The code as on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Busy => "busy",
-            ErrorCode::TooLong => "too_long",
-            ErrorCode::Expired => "expired",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
-/// Everything the daemon sends: each is one JSON line.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum Event {
-    Token {
-        id: String,
-        token: String,
-    },
-    Done(Box<Done>),
-    Error {
-        id: Option<String>,
-        error: ErrorBody,
-    },
-    Status {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-        status: Status,
-    },
-    Health {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-        health: &'static str,
-    },
-}
-
-impl Event {
-    pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Event::Error {
-            id,
-            error: ErrorBody {
-                code,
-                message: message.into(),
-            },
-        }
-    }
-
-    /// Whether this is the last event of its request (its final answer or its error).
-    pub fn is_final(&self) -> bool {
-        matches!(self, Event::Done(_) | Event::Error { .. })
-    }
-
-    /// The event as one line, newline included.
-    pub fn to_line(&self) -> Vec<u8> {
-        let mut line = serde_json::to_vec(self).expect("events always serialize");
-        line.push(b'\n');
-        line
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorBody {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-/// The final event of a request.
-#[derive(Debug, Clone, Serialize)]
-pub struct Done {
-    pub id: String,
-    pub done: bool,
-    pub text: String,
-    /// "stop", "length" or "cancelled".
-    pub finish_reason: &'static str,
-    pub usage: Usage,
-    pub timings: Timings,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Timings {
-    /// From arrival until the engine took the request.
-    pub queue_ms: f64,
-    /// From arrival until the first token.
-    pub ttft_ms: f64,
-    /// Generation speed after the first token.
-    pub tokens_per_s: f64,
-}
-
-/// The reply to `{"cmd": "status"}`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub model: String,
-    pub kernel: String,
-    /// The output projection's precision ("f16", "q8_0").
-    pub head: String,
-    pub threads: usize,
-    pub n_ctx: usize,
-    /// Requests waiting behind the running one.
-    pub queue_depth: usize,
-    pub queue_capacity: usize,
-    /// Whether a request is being generated.
-    pub busy: bool,
-    pub requests: u64,
-    /// Generation speed of the last request.
-    pub tokens_per_s: f64,
-    pub uptime_s: u64,
-    /// The MQTT link, when MQTT is on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mqtt: Option<crate::server::mqtt::MqttStatus>,
-    /// `power` and `joules_per_token` (README "Power"); boxed, so that `Event` stays small.
-    #[serde(flatten)]
-    pub power: Option<Box<crate::power::daemon::PowerReport>>,
 }
 
 #[cfg(test)]
@@ -602,22 +466,5 @@ mod tests {
         );
         assert_eq!(m[0], Message::new(Role::System, "own"));
         assert_eq!(m.len(), 2);
-    }
-
-    #[test]
-    fn events_serialize_as_documented() {
-        let e = Event::Token {
-            id: "r1".into(),
-            token: "Hel".into(),
-        };
-        assert_eq!(
-            String::from_utf8(e.to_line()).unwrap(),
-            "{\"id\":\"r1\",\"token\":\"Hel\"}\n"
-        );
-        let e = Event::error(Some("r1".into()), ErrorCode::TooLong, "m");
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"id":"r1","error":{"code":"too_long","message":"m"}}"#
-        );
     }
 }
