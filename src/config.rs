@@ -671,7 +671,10 @@ mod tests {
     fn example_config_parses() {
         let text = include_str!("../systemd/bitnetd.toml");
         let c = parse(text).unwrap();
-        assert_eq!(c.model_dir.as_deref(), Some(Path::new("/var/lib/bitnetd/models")));
+        assert_eq!(
+            c.model_dir.as_deref(),
+            Some(Path::new("/var/lib/bitnetd/models"))
+        );
     }
 
     #[test]

@@ -362,9 +362,7 @@ pub fn health(queue: &Queue) -> &'static str {
         Readiness::Ready(_) if queue.stats().since_heartbeat() >= Duration::from_secs(30) => {
             "stalled"
         }
-        Readiness::Ready(_) if info.mqtt.as_ref().is_some_and(|m| !m.is_connected()) => {
-            "mqtt_down"
-        }
+        Readiness::Ready(_) if info.mqtt.as_ref().is_some_and(|m| !m.is_connected()) => "mqtt_down",
         Readiness::Ready(_) => "ok",
     }
 }

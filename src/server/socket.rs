@@ -319,7 +319,10 @@ impl Handler {
             }
             Incoming::Command(Command::Status, id) => {
                 let status = self.status();
-                reply.send(Event::Status { id, status });
+                reply.send(Event::Status {
+                    id,
+                    status: Box::new(status),
+                });
             }
             Incoming::Command(Command::Health, id) => {
                 let health = super::health(&self.queue);

@@ -161,8 +161,15 @@ impl Dispatcher {
             }
             Ok(Incoming::Command(Command::Status, id)) => {
                 let status = crate::server::status(&self.info, &self.queue);
-                self.answer(&target, Event::Status { id, status }, &m.topic)
-                    .await;
+                self.answer(
+                    &target,
+                    Event::Status {
+                        id,
+                        status: Box::new(status),
+                    },
+                    &m.topic,
+                )
+                .await;
             }
             Ok(Incoming::Command(Command::Health, id)) => {
                 let health = crate::server::health(&self.queue);

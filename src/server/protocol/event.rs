@@ -54,7 +54,7 @@ pub enum Event {
     Status {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        status: Status,
+        status: Box<Status>,
     },
     Health {
         #[serde(skip_serializing_if = "Option::is_none")]
