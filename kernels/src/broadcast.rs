@@ -185,13 +185,15 @@ impl Broadcast {
                         return;
                     }
                     if index >= s.active {
-                        // Jobs published while parked are not this worker's to run.
                         s = self.parked.wait(s).unwrap_or_else(PoisonError::into_inner);
-                        if index < s.active {
-                            seen = s.active_since;
-                        }
                         continue;
                     }
+                    // Jobs published while this worker was inactive were not its to run,
+                    // even if it never parked (it may have been asleep on `wake`, or not
+                    // scheduled at all, while it was switched off and on again). An active
+                    // worker has seen every job up to a change, so this moves only a
+                    // worker that was switched off.
+                    seen = seen.max(s.active_since);
                     if s.epoch != seen {
                         break;
                     }
