@@ -97,8 +97,9 @@ fn mqtt311_requests_name_reply_to_and_get_their_correlation_id_back() {
 fn two_daemons_in_a_shared_group_split_the_requests() {
     let broker = Broker::start();
     let group = "group = \"fleet\"";
-    // Room in the queue for every request: this test is about sharing, not `busy`.
-    let limits = "[limits]\nqueue_depth = 32\n";
+    // Room in the queue for every request (one client, one reply topic): this test is about
+    // sharing, not `busy`.
+    let limits = "[limits]\nqueue_depth = 32\nmax_queued_per_client = 32\n";
     let a = start_daemon(&broker, "a", group, limits);
     let b = start_daemon(&broker, "b", group, limits);
     let peer = Peer::v5(broker.port, "fleet-client");

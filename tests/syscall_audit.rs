@@ -215,13 +215,14 @@ fn trace_serve(dir: &Path, broker: &Broker) -> PathBuf {
         .spawn()
         .unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // STATUS=loading comes first (the socket answers while the model loads), then READY=1.
     let mut buf = [0u8; 4096];
-    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
-        "{}",
-        log()
-    );
+    loop {
+        let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
 
     // Socket: a status, a generation, a malformed line.
     let mut client = Client::new(&socket);
