@@ -75,6 +75,8 @@ struct Buffers {
 struct ThreadScratch {
     /// One head's queries of a block of tokens, rotated, contiguous for the F16 product.
     q_head: Vec<f32>,
+    /// `q_head` rounded to f16, then the same buffer for the probabilities (`scores`)
+    /// where the values' product takes them in f16: room for the larger of the two.
     q16: Vec<f16>,
     /// Attention scores, then probabilities, of a block of queries over the visible
     /// cache padded to whole lanes, `[token][key]`.
@@ -93,7 +95,7 @@ impl ThreadScratch {
         let (hd, keys) = (hp.head_dim, n_ctx.next_multiple_of(LANES));
         ThreadScratch {
             q_head: Vec::with_capacity(hd),
-            q16: Vec::with_capacity(hd),
+            q16: Vec::with_capacity(hd.max(keys)),
             scores: Vec::with_capacity(keys),
             values: Vec::with_capacity(hd * keys),
             out: Vec::with_capacity(hd),
