@@ -107,9 +107,9 @@ fn pi4_under_voltage_and_throttling_shed_a_thread() {
     let m = read(&t);
     assert_eq!(m.throttled(), Some(true));
     let mut g = governor(Policy::Balanced, 4);
-    g.set_speed(SpeedCurve::new(vec![3.0, 5.0, 5.8, 6.0]).unwrap());
+    g.set_speed(SpeedCurve::new(vec![3.0, 5.0, 6.8, 7.0]).unwrap());
     let d = g.decide(&m, Duration::ZERO);
-    // 3 threads reach 97% of the best; the firmware's flags take one away.
+    // 3 threads cost the fewest joules per token; the firmware's flags take one away.
     assert_eq!(
         (d.decode_threads, d.prefill_threads),
         (2, 3),
@@ -165,7 +165,7 @@ fn rk3588_pins_to_the_big_cores_and_reads_the_hotter_zone() {
         82.0,
         "3 °C under the passive trip point"
     );
-    g.set_speed(SpeedCurve::new(vec![4.0, 7.0, 7.9, 8.0]).unwrap());
+    g.set_speed(SpeedCurve::new(vec![4.0, 7.0, 9.5, 9.8]).unwrap());
     let d = g.decide(&m, Duration::ZERO);
     assert_eq!(
         (d.decode_threads, d.prefill_threads),
@@ -180,10 +180,33 @@ fn rk3588_pins_to_the_big_cores_and_reads_the_hotter_zone() {
 }
 
 #[test]
+fn balanced_decodes_where_another_thread_costs_more_energy_than_it_saves() {
+    let t = Tree::pi5();
+    let mut g = governor(Policy::Balanced, 4);
+    // Memory-bound from two threads: the third would add 7% speed for about 20% more power.
+    g.set_speed(SpeedCurve::new(vec![5.0, 8.8, 9.4, 9.6]).unwrap());
+    let d = g.decide(&read(&t), Duration::ZERO);
+    assert_eq!(
+        (d.decode_threads, d.prefill_threads),
+        (2, 4),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.contains("fewest estimated joules per token (92% of the best"),
+        "{}",
+        d.reason
+    );
+    // Compute-bound (speed still growing with every core): racing on all four is cheaper.
+    g.set_speed(SpeedCurve::new(vec![5.0, 9.5, 13.5, 17.0]).unwrap());
+    assert_eq!(g.decide(&read(&t), Duration::ZERO).decode_threads, 4);
+}
+
+#[test]
 fn a_temperature_ramp_moves_threads_down_and_back_with_hysteresis() {
     let t = Tree::pi5();
     let mut g = governor(Policy::Balanced, 4);
-    g.set_speed(SpeedCurve::new(vec![5.0, 8.8, 9.4, 9.6]).unwrap());
+    g.set_speed(SpeedCurve::new(vec![5.0, 8.0, 11.0, 11.5]).unwrap());
     // (seconds, °C, decode and prefill threads expected). Soft limit 77 °C, back under
     // 74 °C; at most one step down per 10 s and one up per 30 s; shedding takes from both.
     let ramp = [
@@ -217,7 +240,7 @@ fn a_temperature_ramp_moves_threads_down_and_back_with_hysteresis() {
 fn throttle_flags_act_and_clear() {
     let t = Tree::pi5();
     let mut g = governor(Policy::Balanced, 4);
-    g.set_speed(SpeedCurve::new(vec![5.0, 8.8, 9.4, 9.6]).unwrap());
+    g.set_speed(SpeedCurve::new(vec![5.0, 8.0, 11.0, 11.5]).unwrap());
     assert_eq!(g.decide(&read(&t), Duration::ZERO).decode_threads, 3);
     t.throttled("0x20004\n");
     let d = g.decide(&read(&t), Duration::from_secs(2));
@@ -256,7 +279,7 @@ fn a_laptop_on_a_low_battery_switches_balanced_to_powersave() {
             .contains("rapl/energy1_input")
     );
     let mut g = governor(Policy::Balanced, 4);
-    g.set_speed(SpeedCurve::new(vec![5.0, 8.8, 9.4, 9.6]).unwrap());
+    g.set_speed(SpeedCurve::new(vec![5.0, 8.0, 11.0, 11.5]).unwrap());
     let d = g.decide(&m, Duration::ZERO);
     assert_eq!(d.policy, Policy::Powersave);
     assert_eq!(

@@ -30,6 +30,9 @@ pub struct PowerArgs {
     /// Simulated minutes of back-to-back requests.
     #[arg(long, default_value_t = 30, requires = "simulate")]
     pub minutes: u64,
+    /// The simulated Pi's clock when cool (config.txt `arm_freq`), MHz.
+    #[arg(long, default_value_t = 2400, value_parser = clap::value_parser!(u64).range(1500..=2400), requires = "simulate")]
+    pub arm_freq_mhz: u64,
 }
 
 /// `--json`'s object.
@@ -158,7 +161,10 @@ fn print_text(r: &Report) {
 }
 
 fn simulate(args: &PowerArgs) -> anyhow::Result<()> {
-    let model = Pi5Model::default();
+    let model = Pi5Model {
+        arm_freq_khz: args.arm_freq_mhz as f64 * 1000.0,
+        ..Pi5Model::default()
+    };
     let outcomes = simulate::compare(&model, Duration::from_secs(args.minutes * 60));
     if args.json {
         let v = serde_json::json!({"model": model, "minutes": args.minutes, "outcomes": outcomes});
@@ -168,8 +174,8 @@ fn simulate(args: &PowerArgs) -> anyhow::Result<()> {
     let base = outcomes[0].tokens_per_s;
     println!(
         "{} simulated minutes of back-to-back requests ({} prompt + {} generated tokens) on a \
-         passively cooled Raspberry Pi 5 (README \"Power\")",
-        args.minutes, model.prompt_tokens, model.reply_tokens
+         passively cooled Raspberry Pi 5 at {} MHz (README \"Power\")",
+        args.minutes, model.prompt_tokens, model.reply_tokens, args.arm_freq_mhz
     );
     println!(
         "| policy | tokens/s | of performance | throttled | max °C | W | J/token | decode s at 1/2/3/4 threads |"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::energy::PI5;
 use super::machine::Machine;
 use super::speed::SpeedCurve;
 
@@ -15,8 +16,8 @@ use super::speed::SpeedCurve;
 pub enum Policy {
     /// Every fast core, prefill and decode.
     Performance,
-    /// Prefill on every fast core; decode on the fewest that reach the memory-bound speed,
-    /// one fewer near the soft temperature limit.
+    /// Prefill on every fast core; decode on as many as give the fewest joules per token
+    /// (measured speed, modelled board power), one fewer near the soft temperature limit.
     #[default]
     Balanced,
     /// The fewest threads that keep `min_tokens_per_s`.
@@ -101,8 +102,6 @@ impl Default for Settings {
 pub const DEFAULT_LIMIT_C: f64 = 80.0;
 /// How far under that limit balanced starts to shed threads.
 pub const SOFT_MARGIN_C: f64 = 3.0;
-/// Balanced decodes on the fewest threads within this fraction of the best calibrated speed.
-pub const MEMORY_BOUND_FRACTION: f64 = 0.95;
 /// At most one thread fewer per this long (the SoC needs time to show the effect)...
 pub const STEP_DOWN_EVERY: Duration = Duration::from_secs(10);
 /// ...and one back per this long, once cool.
@@ -215,10 +214,10 @@ impl Governor {
             Policy::Balanced => {
                 let decode = match &self.speed {
                     Some(curve) => {
-                        let n = curve.fewest_within(MEMORY_BOUND_FRACTION).min(n_fast);
+                        let n = curve.cheapest(PI5.idle_w, PI5.core_w).min(n_fast);
                         reasons.push(format!(
-                            "decode on {n} of {n_fast} fast cores ({:.0}% of the best measured \
-                             decode speed), prefill on all",
+                            "decode on {n} of {n_fast} fast cores, the fewest estimated joules \
+                             per token ({:.0}% of the best measured decode speed), prefill on all",
                             curve.fraction_of_best(n) * 100.0
                         ));
                         n

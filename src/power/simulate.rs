@@ -33,7 +33,11 @@ pub struct Pi5Model {
     /// The firmware's soft limit (clock steps down) and hard limit (minimum clock), °C.
     pub firmware_soft_c: f64,
     pub firmware_hard_c: f64,
+    /// The A76's rated clock, which the speed and power figures are for.
     pub max_khz: f64,
+    /// The clock the firmware runs at when cool (`arm_freq` in config.txt; the rated clock
+    /// by default): a lower one is how a Pi owner trades clock for heat today.
+    pub arm_freq_khz: f64,
     pub min_khz: f64,
     /// One firmware clock step each `firmware_tick_s`, kHz.
     pub step_khz: f64,
@@ -67,6 +71,7 @@ impl Default for Pi5Model {
             firmware_soft_c: 80.0,
             firmware_hard_c: 85.0,
             max_khz: 2_400_000.0,
+            arm_freq_khz: 2_400_000.0,
             min_khz: 1_500_000.0,
             step_khz: 100_000.0,
             firmware_tick_s: 0.5,
@@ -112,7 +117,7 @@ impl Pi5Model {
     /// What the daemon's calibration would measure on the cool board at start.
     pub fn calibration(&self) -> SpeedCurve {
         let speeds = (1..=CORES)
-            .map(|n| self.decode_tokens_per_s(n, self.max_khz))
+            .map(|n| self.decode_tokens_per_s(n, self.arm_freq_khz))
             .collect();
         SpeedCurve::new(speeds).expect("the model's speeds are positive")
     }
@@ -145,7 +150,7 @@ pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
     let mut machine = pi5_machine();
     let mut temp =
         model.ambient_c + (model.power.idle_w - model.off_soc_w) * model.thermal_resistance_k_per_w;
-    let mut khz = model.max_khz;
+    let mut khz = model.arm_freq_khz;
     let (mut t, mut next_governor, mut next_tick) = (0.0, 0.0, 0.0);
     let (mut energy, mut generated, mut throttled_s, mut max_temp) = (0.0, 0.0, 0.0, temp);
     let mut decode_thread_s = [0.0; CORES];
@@ -190,7 +195,7 @@ pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
         let cooling = (temp - model.ambient_c) / model.thermal_resistance_k_per_w;
         temp += (heat - cooling) * STEP_S / model.heat_capacity_j_per_k;
         max_temp = f64::max(max_temp, temp);
-        if khz < model.max_khz || temp >= model.firmware_soft_c {
+        if khz < model.arm_freq_khz || temp >= model.firmware_soft_c {
             throttled_s += STEP_S;
         }
         t += STEP_S;
@@ -214,14 +219,14 @@ fn firmware_clock(model: &Pi5Model, temp: f64, khz: f64) -> f64 {
     } else if temp >= model.firmware_soft_c {
         (khz - model.step_khz).max(model.min_khz)
     } else {
-        (khz + model.step_khz).min(model.max_khz)
+        (khz + model.step_khz).min(model.arm_freq_khz)
     }
 }
 
 /// `get_throttled` as the firmware would show it: frequency capped, throttled, soft limit.
 fn firmware_flags(model: &Pi5Model, temp: f64, khz: f64) -> Throttle {
     let mut bits = 0;
-    if khz < model.max_khz {
+    if khz < model.arm_freq_khz {
         bits |= 0b110;
     }
     if temp >= model.firmware_soft_c {
@@ -254,10 +259,12 @@ fn pi5_machine() -> Machine {
     }
 }
 
-/// The three policies the issue compares.
+/// The three policies the issue compares, then every fixed thread count: what any policy
+/// that only chooses threads could reach.
 pub fn compare(model: &Pi5Model, length: Duration) -> Vec<Outcome> {
     [Policy::Performance, Policy::Balanced, Policy::Powersave]
         .into_iter()
+        .chain((1..=CORES).map(Policy::Fixed))
         .map(|p| run(model, p, length))
         .collect()
 }

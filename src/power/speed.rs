@@ -47,6 +47,15 @@ impl SpeedCurve {
         }
     }
 
+    /// The thread count with the fewest joules per token on a board drawing `idle_w` plus
+    /// `core_w` per busy thread: a thread is worth it only while it raises the speed by more
+    /// than it raises the board's power (memory traffic costs the same per token at any
+    /// count, so it does not move the choice). The fewer threads on a tie.
+    pub fn cheapest(&self, idle_w: f64, core_w: f64) -> usize {
+        let joules = |n: usize| (idle_w + n as f64 * core_w) / self.at(n);
+        (2..=self.0.len()).fold(1, |best, n| if joules(n) < joules(best) { n } else { best })
+    }
+
     pub fn values(&self) -> &[f64] {
         &self.0
     }
@@ -67,5 +76,20 @@ mod tests {
         assert_eq!(c.at(9), 9.6);
         assert!(SpeedCurve::new(vec![]).is_none());
         assert!(SpeedCurve::new(vec![1.0, f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn the_cheapest_count_weighs_idle_power_against_speed() {
+        // Memory-bound past two threads: the third adds 7% speed for 21% more power.
+        let c = SpeedCurve::new(vec![5.0, 8.8, 9.4, 9.6]).unwrap();
+        assert_eq!(c.cheapest(2.7, 1.0), 2);
+        // Scaling well, racing on every thread amortizes the idle draw best.
+        let c = SpeedCurve::new(vec![5.0, 9.5, 13.5, 17.0]).unwrap();
+        assert_eq!(c.cheapest(2.7, 1.0), 4);
+        // Cores cost much more than the idle board: one thread.
+        assert_eq!(c.cheapest(0.5, 5.0), 1);
+        // No idle draw and perfect scaling: a tie everywhere goes to the fewest.
+        let c = SpeedCurve::new(vec![5.0, 10.0, 15.0]).unwrap();
+        assert_eq!(c.cheapest(0.0, 1.0), 1);
     }
 }
