@@ -193,7 +193,8 @@ fn balanced_decodes_where_another_thread_costs_more_energy_than_it_saves() {
         d.reason
     );
     assert!(
-        d.reason.contains("fewest estimated joules per token (92% of the best"),
+        d.reason
+            .contains("fewest estimated joules per token (92% of the best"),
         "{}",
         d.reason
     );

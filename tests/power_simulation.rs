@@ -83,9 +83,15 @@ fn balanced_stays_under_the_firmware_throttle_at_performance_energy() {
     assert!(num(bal, "tokens_per_s") > num(get(&all, "fixed:2"), "tokens_per_s"));
     // Energy: within 1% of performance's joules per token, under every other thread count's.
     let joules = num(bal, "joules_per_token");
-    assert!(joules < num(perf, "joules_per_token") * 1.01, "{bal}\n{perf}");
+    assert!(
+        joules < num(perf, "joules_per_token") * 1.01,
+        "{bal}\n{perf}"
+    );
     for other in ["powersave", "fixed:1", "fixed:2", "fixed:3"] {
-        assert!(joules < num(get(&all, other), "joules_per_token"), "{other}");
+        assert!(
+            joules < num(get(&all, other), "joules_per_token"),
+            "{other}"
+        );
     }
 }
 
