@@ -24,7 +24,8 @@ pub struct PowerArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Run performance, balanced and powersave on a modelled, passively cooled Pi 5.
+    /// Run performance, balanced, powersave and every fixed thread count on a modelled,
+    /// passively cooled Pi 5.
     #[arg(long)]
     pub simulate: bool,
     /// Simulated minutes of back-to-back requests.
