@@ -378,7 +378,7 @@ impl Discovery {
     /// Home Assistant published on its status topic: `online` (not a retained copy, which
     /// says nothing new) asks for the configs again; anything else is ignored.
     pub fn on_birth(&self, m: &Message) {
-        if !m.retain && m.payload.as_ref() == b"online" {
+        if self.mode == DiscoveryMode::On && !m.retain && m.payload.as_ref() == b"online" {
             log::debug!("mqtt: Home Assistant is online: announcing again");
             self.announce.notify_one();
         }
@@ -468,7 +468,12 @@ impl Discovery {
         ENTITIES
             .iter()
             .filter(|e| announced.includes(e))
-            .map(|e| (self.config_topic(e), self.config(e, &announced).to_string().into_bytes()))
+            .map(|e| {
+                (
+                    self.config_topic(e),
+                    self.config(e, &announced).to_string().into_bytes(),
+                )
+            })
             .collect()
     }
 
@@ -478,6 +483,15 @@ impl Discovery {
         let announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
         announced.wanted(status) != *announced
     }
+}
+
+/// The birth topic when discovery is not on: a session kept from a run with discovery on
+/// still holds its subscription, and its `online` would otherwise reach the dispatcher.
+pub fn stale_filters(m: &MqttConfig) -> Vec<String> {
+    if m.discovery == DiscoveryMode::On || m.discovery_prefix.is_empty() {
+        return Vec::new();
+    }
+    vec![format!("{}/status", m.discovery_prefix)]
 }
 
 /// The characters Home Assistant accepts in a discovery topic's node id: others become `_`.
@@ -619,7 +633,11 @@ mod tests {
         assert!(discovery("[mqtt]\ndiscovery_prefix = \"\"\n").is_none());
         let d = discovery("[mqtt]\ndiscovery = \"remove\"\n").unwrap();
         assert_eq!(d.mode, DiscoveryMode::Remove);
-        assert_eq!(d.filter(), None, "removal does not listen for Home Assistant");
+        assert_eq!(
+            d.filter(),
+            None,
+            "removal does not listen for Home Assistant"
+        );
         assert!("maybe".parse::<DiscoveryMode>().is_err());
     }
 
@@ -634,12 +652,19 @@ mod tests {
             .filter(|e| e.needs == Needs::Nothing)
             .map(|e| e.key)
             .collect();
-        assert_eq!(messages.len(), keys.len(), "no power module, no power sensors");
+        assert_eq!(
+            messages.len(),
+            keys.len(),
+            "no power module, no power sensors"
+        );
         let state = serde_json::to_value(NodeState::of(&status())).unwrap();
         for ((topic, payload), key) in messages.iter().zip(keys) {
             let c: Value = serde_json::from_slice(payload).unwrap();
             assert!(topic.starts_with("homeassistant/"), "{topic}");
-            assert!(topic.ends_with(&format!("/bitnetd_pi_1/{key}/config")), "{topic}");
+            assert!(
+                topic.ends_with(&format!("/bitnetd_pi_1/{key}/config")),
+                "{topic}"
+            );
             assert_eq!(c["unique_id"], format!("bitnetd_pi_1_{key}"));
             assert_eq!(c["state_topic"], "bitnetd/pi.1/state");
             assert_eq!(c["device"]["identifiers"], json!(["bitnetd_pi_1"]));

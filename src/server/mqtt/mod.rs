@@ -89,6 +89,8 @@ struct Shared {
     status_topic: String,
     /// The request topics, subscribed after every connect.
     filters: Vec<String>,
+    /// Filters the session may hold from an earlier configuration, dropped at every connect.
+    stale_filters: Vec<String>,
     info: Arc<ServerInfo>,
     /// For the status counters (not for submitting).
     queue: Queue,
@@ -156,6 +158,7 @@ pub fn start(
         broker: format!("{}:{}", m.host, m.port),
         status_topic,
         filters,
+        stale_filters: discovery::stale_filters(m),
         info: info.clone(),
         queue: queue.clone(),
         state,
@@ -344,6 +347,9 @@ async fn poll(
 
 /// After each connect: (re)subscribe, for a broker that lost the session, and say online.
 async fn on_connect(client: Client, shared: Arc<Shared>) {
+    if client.unsubscribe(&shared.stale_filters).await.is_err() {
+        return;
+    }
     if client.subscribe(&shared.filters).await.is_err() {
         return;
     }
