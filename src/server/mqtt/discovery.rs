@@ -684,6 +684,60 @@ mod tests {
         assert_eq!(messages.last().unwrap().0, "bitnetd/pi.1/state");
     }
 
+    fn with_power(temperature_c: Option<f64>) -> Status {
+        use crate::power::daemon::{PowerReport, PowerStatus};
+        let mut s = status();
+        s.power = Some(Box::new(PowerReport {
+            power: PowerStatus {
+                policy: crate::power::Policy::Fixed(3),
+                temperature_c,
+                throttled: None,
+                decode_threads: 3,
+                prefill_threads: 4,
+                cores: vec![0, 1, 2, 3],
+                reason: String::new(),
+                on_battery: None,
+                battery_percent: None,
+            },
+            joules_per_token: None,
+            joules_per_token_source: None,
+        }));
+        s
+    }
+
+    #[test]
+    fn power_values_join_the_state_and_their_entities_the_announcement() {
+        let d = discovery("[mqtt]\n").unwrap();
+        assert_eq!(d.announcement(&status()).len(), 5);
+        assert!(!d.outdated(&status()));
+        let no_zone = with_power(None);
+        assert!(
+            d.outdated(&no_zone),
+            "the power module reported: announce again"
+        );
+        let keys = |m: &[(String, Vec<u8>)]| -> Vec<String> {
+            m.iter()
+                .map(|(t, _)| t.split('/').nth(3).unwrap().to_owned())
+                .collect()
+        };
+        let k = keys(&d.announcement(&no_zone));
+        assert!(k.contains(&"power_policy".into()) && k.contains(&"decode_threads".into()));
+        assert!(
+            !k.contains(&"temperature_c".into()),
+            "no thermal zone, no temperature"
+        );
+        let hot = with_power(Some(71.26));
+        assert!(d.outdated(&hot));
+        assert_eq!(d.announcement(&hot).len(), 8);
+        assert!(!d.outdated(&no_zone), "entities stay once announced");
+        let state = serde_json::to_value(NodeState::of(&hot)).unwrap();
+        assert_eq!(state["temperature_c"], 71.3);
+        assert_eq!(state["power_policy"], "fixed:3");
+        assert_eq!(state["decode_threads"], 3);
+        let state = serde_json::to_value(NodeState::of(&no_zone)).unwrap();
+        assert!(state["temperature_c"].is_null(), "{state}");
+    }
+
     #[test]
     fn entities_only_join() {
         let a = Announced::default().wanted(&status());
