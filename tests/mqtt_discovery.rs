@@ -281,6 +281,25 @@ fn home_assistant_coming_online_gets_the_configs_again_at_a_bounded_rate() {
 }
 
 #[test]
+fn an_mqtt311_daemon_announces_and_answers_the_birth_too() {
+    let broker = Broker::start();
+    let tree = board();
+    let peer = Peer::v4(broker.port, "ha-311-listener");
+    peer.subscribe("homeassistant/+/+/+/config");
+    let _d = start(&broker, &tree, "ha311", "protocol = \"3.1.1\"");
+    let mut seen = BTreeMap::new();
+    read_until(&peer, &mut seen, |s| configs(s).len() == 8);
+    peer.drain(ANNOUNCE_GAP + Duration::from_secs(1));
+    peer.publish("homeassistant/status", "online", Default::default());
+    let mut again = BTreeMap::new();
+    read_until(&peer, &mut again, |s| configs(s).len() == 8);
+    assert!(
+        again.values().all(|m| !m.retain),
+        "live publishes to a live subscriber"
+    );
+}
+
+#[test]
 fn remove_publishes_empty_retained_configs_and_clears_the_state() {
     let broker = Broker::start();
     let tree = board();
