@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::power::{Policy, Settings as PowerSettings};
 use crate::sampler::SamplerConfig;
+use crate::server::mqtt::DiscoveryMode;
 use crate::server::mqtt::topic::{self, MAX_TOPIC_BYTES};
 
 /// Where `bitnetd serve` looks for its config when `--config` is not given.
@@ -327,6 +328,11 @@ pub struct MqttConfig {
     pub reply_prefixes: Option<Vec<String>>,
     /// Longest topic the daemon publishes to, in bytes (MQTT's own limit is 65535).
     pub max_topic_bytes: usize,
+    /// Home Assistant's discovery prefix; empty turns discovery off.
+    pub discovery_prefix: String,
+    /// `true`: announce the node to Home Assistant; `false`: publish nothing under the
+    /// prefix; `"remove"`: publish empty configs, which removes the entities.
+    pub discovery: DiscoveryMode,
 }
 
 impl Default for MqttConfig {
@@ -351,6 +357,8 @@ impl Default for MqttConfig {
             reconnect_max_s: 5,
             reply_prefixes: None,
             max_topic_bytes: MAX_TOPIC_BYTES,
+            discovery_prefix: "homeassistant".into(),
+            discovery: DiscoveryMode::On,
         }
     }
 }
@@ -471,6 +479,14 @@ impl MqttConfig {
             "mqtt.max_topic_bytes",
             &self.max_topic_bytes,
             "it must be between 16 and 65535",
+        )?;
+        ensure(
+            self.discovery_prefix.is_empty()
+                || self.discovery_prefix.split('/').all(is_topic_level),
+            "mqtt.discovery_prefix",
+            &self.discovery_prefix,
+            "it must be a topic such as \"homeassistant\", without wildcards, '$' first or empty \
+             levels (empty turns discovery off)",
         )?;
         let prefixes = self.reply_prefixes();
         ensure(
@@ -766,6 +782,12 @@ mod tests {
             ("reconnect_max_s = 0", "mqtt.reconnect_max_s"),
             ("password_file = \"/p\"", "mqtt.password_file"),
             ("tls_cert = \"/c\"", "mqtt.tls_cert"),
+            ("discovery_prefix = \"ha/#\"", "mqtt.discovery_prefix"),
+            ("discovery_prefix = \"$SYS\"", "mqtt.discovery_prefix"),
+            ("discovery_prefix = \"ha//x\"", "mqtt.discovery_prefix"),
+            ("discovery_prefix = \"h\\u0000a\"", "mqtt.discovery_prefix"),
+            ("discovery = \"maybe\"", "mqtt.discovery"),
+            ("discovery = 1", "mqtt.discovery"),
             ("hots = \"x\"", "hots"),
             ("qos = \"1\"", "qos"),
         ] {

@@ -146,11 +146,14 @@ fn hostile_reply_topics_get_no_publish_and_never_cost_the_connection() {
     let checker = Peer::v5(broker.side_port, "checker");
     sentinel(&checker, "h5", "after-rt", true);
 
-    // Nothing went anywhere but the permitted replies, the requests and the statuses.
+    // Nothing went anywhere but the permitted replies, the requests, the statuses and the
+    // Home Assistant discovery configs and state.
     let allowed = |t: &str| {
         t.starts_with("bitnetd/reply/after-")
             || t.ends_with("/request")
             || t.ends_with("/status")
+            || (t.starts_with("homeassistant/") && t.ends_with("/config"))
+            || t.ends_with("/state")
             || t == "sync/x"
     };
     let seen = spy.drain(Duration::from_millis(500));

@@ -421,9 +421,14 @@ impl Peer {
     }
 }
 
+/// The payload as JSON; an empty payload (a retained message being cleared) is `null`, and
+/// one that is no JSON (Home Assistant's `online`) a JSON string of its text.
 pub fn json_of(payload: &[u8]) -> Value {
+    if payload.is_empty() {
+        return Value::Null;
+    }
     serde_json::from_slice(payload)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)))
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
 pub fn request(id: &str, prompt: &str, max_tokens: usize) -> Value {

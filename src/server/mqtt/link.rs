@@ -298,6 +298,17 @@ impl Client {
         Ok(())
     }
 
+    /// Drops subscriptions an earlier configuration left in the persistent session.
+    pub async fn unsubscribe(&self, filters: &[String]) -> Result<(), Gone> {
+        for filter in filters {
+            match &self.protocol {
+                ClientOf::V5(c, _) => c.unsubscribe(filter).await.map_err(|_| Gone)?,
+                ClientOf::V4(c, _) => c.unsubscribe(filter).await.map_err(|_| Gone)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Acknowledges a handled message: until then the broker would deliver it again.
     pub async fn ack(&self, message: &Message) -> Result<(), Gone> {
         match (&self.protocol, &message.packet) {

@@ -16,7 +16,10 @@
 //! Hostile input: every topic the daemon publishes to is checked first ([`topic`]), replies
 //! go only below `mqtt.reply_prefixes`, retained requests are ignored, and incoming packets
 //! are limited to `limits.max_line_bytes` plus room for the header.
+//!
+//! Home Assistant discovery ([`discovery`]) announces the node as a device with sensors.
 
+mod discovery;
 mod dispatch;
 mod link;
 mod state;
@@ -24,6 +27,7 @@ mod throttle;
 pub mod topic;
 pub mod wire;
 
+pub use discovery::DiscoveryMode;
 pub use state::{MqttState, MqttStatus};
 
 use std::net::IpAddr;
@@ -41,6 +45,7 @@ use super::ServerInfo;
 use super::queue::Queue;
 use super::shutdown::Shutdown;
 use crate::config::Config;
+use discovery::Discovery;
 use dispatch::Dispatcher;
 use link::{Client, EventLoop, Notice, Settings};
 use throttle::{LogBudget, suppressed_note};
@@ -70,6 +75,8 @@ pub struct Mqtt {
     /// Ends at the shutdown signal, dropping its queue handle.
     dispatcher: JoinHandle<()>,
     ticker: Option<JoinHandle<()>>,
+    /// Home Assistant's announcer and state publisher, when discovery is on.
+    discovery: Option<discovery::Tasks>,
     /// Returns `None` once every reply forwarder has sent its final event.
     forwarders_done: mpsc::Receiver<()>,
 }
@@ -82,6 +89,8 @@ struct Shared {
     status_topic: String,
     /// The request topics, subscribed after every connect.
     filters: Vec<String>,
+    /// Filters the session may hold from an earlier configuration, dropped at every connect.
+    stale_filters: Vec<String>,
     info: Arc<ServerInfo>,
     /// For the status counters (not for submitting).
     queue: Queue,
@@ -89,11 +98,17 @@ struct Shared {
     state: Arc<MqttState>,
     /// What waits for the dispatcher.
     backlog: Arc<Backlog>,
+    /// Home Assistant discovery, unless off.
+    discovery: Option<Discovery>,
 }
 
 impl Shared {
+    fn status(&self) -> crate::server::protocol::Status {
+        super::status(&self.info, &self.queue)
+    }
+
     fn online(&self) -> Vec<u8> {
-        wire::online(&self.node, super::status(&self.info, &self.queue))
+        wire::online(&self.node, self.status())
     }
 }
 
@@ -121,11 +136,13 @@ pub fn start(
         topic::check_name(t, m.max_topic_bytes)
             .with_context(|| format!("mqtt.base_topic and mqtt.node make the topic {t:?}"))?;
     }
-    let policy = ReplyPolicy::new(
-        &m.reply_prefixes(),
-        vec![own_request, format!("{base}/request"), status_topic.clone()],
-        m.max_topic_bytes,
-    );
+    let discovery = Discovery::new(m, &node, &status_topic)?;
+    let mut own = vec![own_request, format!("{base}/request"), status_topic.clone()];
+    if let Some(d) = &discovery {
+        own.extend(d.own_topics());
+        filters.extend(d.filter());
+    }
+    let policy = ReplyPolicy::new(&m.reply_prefixes(), own, m.max_topic_bytes);
     let settings = settings(&config, &node, &status_topic)?;
     if password_in_clear(&settings) {
         log::warn!(
@@ -141,10 +158,12 @@ pub fn start(
         broker: format!("{}:{}", m.host, m.port),
         status_topic,
         filters,
+        stale_filters: discovery::stale_filters(m),
         info: info.clone(),
         queue: queue.clone(),
         state,
         backlog: Arc::new(Backlog::default()),
+        discovery,
     });
     let (messages_tx, messages_rx) = mpsc::channel(ACKED_SLOTS + AT_MOST_ONCE_SLOTS);
     let (forwarders, forwarders_done) = mpsc::channel(1);
@@ -169,12 +188,14 @@ pub fn start(
         let every = Duration::from_secs(m.status_interval_s);
         tokio::spawn(report_status(client.clone(), shared.clone(), every))
     });
+    let discovery = discovery::spawn(client.clone(), shared.clone());
     Ok(Mqtt {
         client,
         shared,
         poller,
         dispatcher,
         ticker,
+        discovery,
         forwarders_done,
     })
 }
@@ -192,6 +213,9 @@ impl Mqtt {
         let _ = self.dispatcher.await;
         if let Some(t) = &self.ticker {
             t.abort();
+        }
+        if let Some(d) = &self.discovery {
+            d.abort();
         }
         if !self.shared.state.is_connected() {
             // The broker is away: it has published the last will already.
@@ -244,6 +268,13 @@ async fn poll(
                 tokio::spawn(on_connect(client.clone(), shared.clone()));
             }
             Ok(Notice::Message(m)) => {
+                if let Some(d) = shared.discovery.as_ref().filter(|d| d.is_birth(&m)) {
+                    d.on_birth(&m);
+                    // Not awaited here: the ack goes out through this loop.
+                    let client = client.clone();
+                    tokio::spawn(async move { client.ack(&m).await });
+                    continue;
+                }
                 let waiting = ACKED_SLOTS + AT_MOST_ONCE_SLOTS - messages.capacity();
                 let full = match m.at_most_once {
                     true => waiting >= AT_MOST_ONCE_SLOTS,
@@ -316,12 +347,18 @@ async fn poll(
 
 /// After each connect: (re)subscribe, for a broker that lost the session, and say online.
 async fn on_connect(client: Client, shared: Arc<Shared>) {
+    if client.unsubscribe(&shared.stale_filters).await.is_err() {
+        return;
+    }
     if client.subscribe(&shared.filters).await.is_err() {
         return;
     }
     let _ = client
         .publish(&shared.status_topic, shared.online(), true, None)
         .await;
+    if let Some(d) = &shared.discovery {
+        d.connected();
+    }
 }
 
 /// Refreshes the retained status every `every` while connected.
