@@ -72,23 +72,49 @@ impl Metrics {
     /// The counters in Prometheus text format (exposition format 0.0.4).
     pub fn render(&self, out: &mut String) {
         let c = self.inner.lock().unwrap();
-        header(out, "bitnetd_requests_total", "counter", "Requests finished, by transport and finish reason.");
+        header(
+            out,
+            "bitnetd_requests_total",
+            "counter",
+            "Requests finished, by transport and finish reason.",
+        );
         for ((transport, finish), n) in &c.requests {
             let _ = writeln!(
                 out,
                 "bitnetd_requests_total{{transport=\"{transport}\",finish=\"{finish}\"}} {n}"
             );
         }
-        header(out, "bitnetd_generated_tokens_total", "counter", "Tokens generated, by transport.");
+        header(
+            out,
+            "bitnetd_generated_tokens_total",
+            "counter",
+            "Tokens generated, by transport.",
+        );
         for (transport, n) in &c.generated {
-            let _ = writeln!(out, "bitnetd_generated_tokens_total{{transport=\"{transport}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "bitnetd_generated_tokens_total{{transport=\"{transport}\"}} {n}"
+            );
         }
-        header(out, "bitnetd_prompt_tokens_total", "counter", "Prompt tokens, by transport.");
+        header(
+            out,
+            "bitnetd_prompt_tokens_total",
+            "counter",
+            "Prompt tokens, by transport.",
+        );
         for (transport, n) in &c.prompt {
-            let _ = writeln!(out, "bitnetd_prompt_tokens_total{{transport=\"{transport}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "bitnetd_prompt_tokens_total{{transport=\"{transport}\"}} {n}"
+            );
         }
         let name = "bitnetd_time_to_first_token_seconds";
-        header(out, name, "histogram", "From a request's arrival to its first token.");
+        header(
+            out,
+            name,
+            "histogram",
+            "From a request's arrival to its first token.",
+        );
         let mut cumulative = 0;
         for (bound, n) in TTFT_BUCKETS.iter().zip(c.ttft_buckets) {
             cumulative += n;
@@ -130,11 +156,29 @@ mod tests {
         }
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("bitnetd_requests_total{transport=\"http\",finish=\"stop\"} 2\n"), "{out}");
-        assert!(out.contains("bitnetd_generated_tokens_total{transport=\"http\"} 30\n"), "{out}");
-        assert!(out.contains("bitnetd_time_to_first_token_seconds_bucket{le=\"0.1\"} 1\n"), "{out}");
-        assert!(out.contains("bitnetd_time_to_first_token_seconds_bucket{le=\"2.5\"} 2\n"), "{out}");
-        assert!(out.contains("bitnetd_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("bitnetd_time_to_first_token_seconds_count 3\n"), "{out}");
+        assert!(
+            out.contains("bitnetd_requests_total{transport=\"http\",finish=\"stop\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bitnetd_generated_tokens_total{transport=\"http\"} 30\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bitnetd_time_to_first_token_seconds_bucket{le=\"0.1\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bitnetd_time_to_first_token_seconds_bucket{le=\"2.5\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bitnetd_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bitnetd_time_to_first_token_seconds_count 3\n"),
+            "{out}"
+        );
     }
 }

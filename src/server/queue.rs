@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::ServerInfo;
-use super::metrics::{Metrics, RequestEnd};
 use super::log_escape::Escaped;
+use super::metrics::{Metrics, RequestEnd};
 use super::protocol::{ErrorCode, Event, GenRequest};
 
 /// One request on its way to the engine.
@@ -281,7 +281,10 @@ impl Queue {
                 code.as_str(),
                 job.client,
             );
-            shared.stats.metrics.record(RequestEnd::refused(job.transport));
+            shared
+                .stats
+                .metrics
+                .record(RequestEnd::refused(job.transport));
             let id = job.request.id.clone();
             // A closed channel means the client went away.
             let _ = job.events.send(Event::error(Some(id), code, message));
@@ -313,7 +316,10 @@ impl Queue {
             &refused;
         // The request's one log line: it never reaches the engine.
         let (code, message) = refused.answer();
-        shared.stats.metrics.record(RequestEnd::refused(job.transport));
+        shared
+            .stats
+            .metrics
+            .record(RequestEnd::refused(job.transport));
         log::info!(
             "request {} via {}: 0 prompt tokens, 0 completion tokens, \
              finish error ({}: {message}); {}",

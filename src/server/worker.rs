@@ -115,7 +115,9 @@ impl Worker {
                 job.transport,
                 job.client
             );
-            self.stats.metrics.record(RequestEnd::refused(job.transport));
+            self.stats
+                .metrics
+                .record(RequestEnd::refused(job.transport));
             return Event::error(Some(id.clone()), ErrorCode::Expired, message);
         }
         if self.stopped(job) {
@@ -335,13 +337,7 @@ fn send(job: &Job, event: Event) {
 }
 
 /// A request that fails gets its error and one log line naming it.
-fn fail(
-    job: &Job,
-    stats: &Stats,
-    prompt_tokens: usize,
-    code: ErrorCode,
-    message: String,
-) -> Event {
+fn fail(job: &Job, stats: &Stats, prompt_tokens: usize, code: ErrorCode, message: String) -> Event {
     stats.metrics.record(RequestEnd {
         prompt_tokens,
         ..RequestEnd::refused(job.transport)

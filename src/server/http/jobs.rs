@@ -33,12 +33,17 @@ impl Drop for Running {
 /// Reads the whole body as a JSON object; 413 above `limits.max_line_bytes`.
 pub async fn read_body(api: &Api, body: Body) -> Result<Map<String, Value>, Failure> {
     let limit = api.config.limits.max_line_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Failure {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        kind: "too_long",
-        message: format!("the request body is longer than {limit} bytes (limits.max_line_bytes)"),
-    })?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Failure {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "too_long",
+            message: format!(
+                "the request body is longer than {limit} bytes (limits.max_line_bytes)"
+            ),
+        })?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(bad("the request body must be a JSON object".into())),
@@ -61,7 +66,10 @@ pub fn next_id(api: &Api, prefix: &str) -> String {
 /// Where a request asks for JSON output: the schema the protocol's generate request would
 /// carry. The ONE place the mapped `response_format` / `format` reaches the protocol: until
 /// the protocol request has its `json_schema` field, a request asking for JSON is refused.
-pub fn attach_json_schema(_wire: &mut Map<String, Value>, schema: Option<Value>) -> Result<(), Failure> {
+pub fn attach_json_schema(
+    _wire: &mut Map<String, Value>,
+    schema: Option<Value>,
+) -> Result<(), Failure> {
     match schema {
         None => Ok(()),
         Some(_) => Err(bad("response_format is not supported by this build".into())),
@@ -73,7 +81,11 @@ pub fn attach_json_schema(_wire: &mut Map<String, Value>, schema: Option<Value>)
 /// before generating anything (loading, busy, a bad field, a prompt too long) is a
 /// [`Failure`] with its HTTP status; otherwise the first event (a token or the final one)
 /// comes back with the running job.
-pub async fn start(api: &Api, client: ClientKey, mut wire: Map<String, Value>) -> Result<(Running, Event), Failure> {
+pub async fn start(
+    api: &Api,
+    client: ClientKey,
+    mut wire: Map<String, Value>,
+) -> Result<(Running, Event), Failure> {
     let arrived = Instant::now();
     if let Some((code, message)) = api.queue.info().refusal() {
         return Err(failure(code, message));
@@ -118,12 +130,18 @@ pub async fn start(api: &Api, client: ClientKey, mut wire: Map<String, Value>) -
     match running.events.recv().await {
         Some(Event::Error { error, .. }) => Err(failure(error.code, error.message)),
         Some(first) => Ok((running, first)),
-        None => Err(failure(ErrorCode::Internal, "the engine dropped the request".into())),
+        None => Err(failure(
+            ErrorCode::Internal,
+            "the engine dropped the request".into(),
+        )),
     }
 }
 
 /// Waits for the final event (a `stream: false` request).
-pub async fn finish(mut running: Running, first: Event) -> Result<(Running, Box<protocol::Done>), Failure> {
+pub async fn finish(
+    mut running: Running,
+    first: Event,
+) -> Result<(Running, Box<protocol::Done>), Failure> {
     let mut event = first;
     loop {
         match event {
@@ -131,17 +149,20 @@ pub async fn finish(mut running: Running, first: Event) -> Result<(Running, Box<
             Event::Error { error, .. } => return Err(failure(error.code, error.message)),
             _ => {}
         }
-        event = running
-            .events
-            .recv()
-            .await
-            .ok_or_else(|| failure(ErrorCode::Internal, "the engine dropped the request".into()))?;
+        event =
+            running.events.recv().await.ok_or_else(|| {
+                failure(ErrorCode::Internal, "the engine dropped the request".into())
+            })?;
     }
 }
 
 /// The body streaming the job's events as `render` writes them, `first` first; it ends after
 /// the event `render` calls the last (or when the engine drops the job).
-pub fn body(running: Running, first: Event, render: impl FnMut(Event) -> (Vec<u8>, bool) + Send + 'static) -> Body {
+pub fn body(
+    running: Running,
+    first: Event,
+    render: impl FnMut(Event) -> (Vec<u8>, bool) + Send + 'static,
+) -> Body {
     let chunks = stream::unfold(
         (Some(running), Some(first), render),
         |(mut running, mut pending, mut render)| async move {
@@ -165,7 +186,9 @@ pub fn failure(code: ErrorCode, message: String) -> Failure {
     let status = match code {
         ErrorCode::BadRequest | ErrorCode::TooLong => StatusCode::BAD_REQUEST,
         ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Loading | ErrorCode::NoModel | ErrorCode::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Loading | ErrorCode::NoModel | ErrorCode::Closed => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::Expired => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -185,7 +208,10 @@ pub fn content_text(content: Option<&Value>, at: &str) -> Result<String, Failure
         Some(Value::Array(parts)) => {
             let mut text = String::new();
             for (i, part) in parts.iter().enumerate() {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => text.push_str(t),
                     (kind, _) => {
                         return Err(bad(format!(
@@ -197,7 +223,9 @@ pub fn content_text(content: Option<&Value>, at: &str) -> Result<String, Failure
             }
             Ok(text)
         }
-        Some(_) => Err(bad(format!("{at}.content must be a string or a list of text parts"))),
+        Some(_) => Err(bad(format!(
+            "{at}.content must be a string or a list of text parts"
+        ))),
     }
 }
 
@@ -235,7 +263,9 @@ pub fn stop_list(stop: Option<&Value>, at: &str) -> Result<Option<Value>, Failur
     match stop {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(Value::Array(vec![Value::String(s.clone())]))),
-        Some(Value::Array(list)) if list.iter().all(Value::is_string) => Ok(Some(Value::Array(list.clone()))),
+        Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
+            Ok(Some(Value::Array(list.clone())))
+        }
         Some(_) => Err(bad(format!("{at} must be a string or a list of strings"))),
     }
 }

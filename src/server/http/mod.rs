@@ -127,11 +127,15 @@ pub async fn serve(
     match bound {
         Bound::Tcp(listener) => {
             let make = app.into_make_service_with_connect_info::<Peer>();
-            axum::serve(listener, make).with_graceful_shutdown(stop).await
+            axum::serve(listener, make)
+                .with_graceful_shutdown(stop)
+                .await
         }
         Bound::Unix(listener, path) => {
             let make = app.into_make_service_with_connect_info::<Peer>();
-            let result = axum::serve(listener, make).with_graceful_shutdown(stop).await;
+            let result = axum::serve(listener, make)
+                .with_graceful_shutdown(stop)
+                .await;
             let _ = std::fs::remove_file(&path);
             result
         }
@@ -177,12 +181,36 @@ async fn metrics(State(api): State<Api>) -> Response {
     let mut out = String::new();
     api.queue.stats().metrics.render(&mut out);
     let gauges = [
-        ("bitnetd_queue_depth", "Requests waiting behind the running one.", status.queue_depth as f64),
-        ("bitnetd_queue_capacity", "Requests that may wait at most.", status.queue_capacity as f64),
-        ("bitnetd_busy", "1 while a request is being generated.", f64::from(u8::from(status.busy))),
-        ("bitnetd_tokens_per_second", "Generation speed of the last request.", status.tokens_per_s),
-        ("bitnetd_ready", "1 once the model is loaded.", f64::from(u8::from(status.model_state == "ready"))),
-        ("bitnetd_uptime_seconds", "Seconds since the daemon started.", status.uptime_s as f64),
+        (
+            "bitnetd_queue_depth",
+            "Requests waiting behind the running one.",
+            status.queue_depth as f64,
+        ),
+        (
+            "bitnetd_queue_capacity",
+            "Requests that may wait at most.",
+            status.queue_capacity as f64,
+        ),
+        (
+            "bitnetd_busy",
+            "1 while a request is being generated.",
+            f64::from(u8::from(status.busy)),
+        ),
+        (
+            "bitnetd_tokens_per_second",
+            "Generation speed of the last request.",
+            status.tokens_per_s,
+        ),
+        (
+            "bitnetd_ready",
+            "1 once the model is loaded.",
+            f64::from(u8::from(status.model_state == "ready")),
+        ),
+        (
+            "bitnetd_uptime_seconds",
+            "Seconds since the daemon started.",
+            status.uptime_s as f64,
+        ),
     ];
     for (name, help, value) in gauges {
         metrics::gauge(&mut out, name, help, value);
@@ -193,7 +221,10 @@ async fn metrics(State(api): State<Api>) -> Response {
         power_gauges(&mut out, "bitnetd", &value);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -218,7 +249,12 @@ fn power_gauges(out: &mut String, prefix: &str, value: &serde_json::Value) {
             }
         }
         Value::Bool(b) => {
-            metrics::gauge(out, prefix, "From status (README \"Power\").", f64::from(u8::from(*b)));
+            metrics::gauge(
+                out,
+                prefix,
+                "From status (README \"Power\").",
+                f64::from(u8::from(*b)),
+            );
         }
         _ => {}
     }

@@ -70,7 +70,8 @@ fn model_size(api: &Api) -> u64 {
         };
         api.config.model_dir.as_ref().map(|d| d.join(m.model))
     });
-    path.and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+    path.and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len())
 }
 
 pub async fn tags(State(api): State<Api>) -> Response {
@@ -127,7 +128,9 @@ pub fn json_output(body: &Map<String, Value>) -> Result<Option<Value>, Failure> 
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) if s == "json" => Ok(Some(json!({}))),
         Some(schema @ Value::Object(_)) => Ok(Some(schema.clone())),
-        Some(_) => Err(jobs::bad("format must be \"json\" or a JSON schema object".into())),
+        Some(_) => Err(jobs::bad(
+            "format must be \"json\" or a JSON schema object".into(),
+        )),
     }
 }
 
@@ -137,12 +140,24 @@ enum Endpoint {
     Generate,
 }
 
-pub async fn chat(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<Peer>, body: Body) -> Response {
-    serve(api, peer, body, Endpoint::Chat).await.unwrap_or_else(error)
+pub async fn chat(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Body,
+) -> Response {
+    serve(api, peer, body, Endpoint::Chat)
+        .await
+        .unwrap_or_else(error)
 }
 
-pub async fn generate(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<Peer>, body: Body) -> Response {
-    serve(api, peer, body, Endpoint::Generate).await.unwrap_or_else(error)
+pub async fn generate(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Body,
+) -> Response {
+    serve(api, peer, body, Endpoint::Generate)
+        .await
+        .unwrap_or_else(error)
 }
 
 async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<Response, Failure> {
@@ -154,18 +169,24 @@ async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<R
         Some(_) => return Err(jobs::bad("stream must be true or false".into())),
     };
     let shape = Shape {
-        model: body
-            .get("model")
-            .and_then(Value::as_str)
-            .map_or_else(|| ollama_name(&super::openai::model_name(&api)), str::to_owned),
+        model: body.get("model").and_then(Value::as_str).map_or_else(
+            || ollama_name(&super::openai::model_name(&api)),
+            str::to_owned,
+        ),
         endpoint,
         arrived,
     };
     // Ollama loads the model for a request without a prompt (or messages) and answers
     // at once: clients use it to preload.
     let empty = match endpoint {
-        Endpoint::Chat => body.get("messages").and_then(Value::as_array).is_none_or(Vec::is_empty),
-        Endpoint::Generate => body.get("prompt").and_then(Value::as_str).is_none_or(str::is_empty),
+        Endpoint::Chat => body
+            .get("messages")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty),
+        Endpoint::Generate => body
+            .get("prompt")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty),
     };
     if empty {
         if let Some((code, message)) = api.queue.info().refusal() {
@@ -180,13 +201,24 @@ async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<R
     let (running, first) = jobs::start(&api, peer.0, wire).await?;
     if !stream {
         let (_, done) = jobs::finish(running, first).await?;
-        return Ok(json_response(StatusCode::OK, &shape.last(&done, &done.text)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &shape.last(&done, &done.text),
+        ));
     }
-    Ok(streaming("application/x-ndjson", ndjson(running, first, shape)))
+    Ok(streaming(
+        "application/x-ndjson",
+        ndjson(running, first, shape),
+    ))
 }
 
 /// The protocol's request for an Ollama one: `options` carries the sampling settings.
-fn wire_request(api: &Api, body: &Map<String, Value>, id: &str, endpoint: Endpoint) -> Result<Map<String, Value>, Failure> {
+fn wire_request(
+    api: &Api,
+    body: &Map<String, Value>,
+    id: &str,
+    endpoint: Endpoint,
+) -> Result<Map<String, Value>, Failure> {
     let mut wire = Map::new();
     wire.insert("id".into(), id.into());
     match endpoint {
@@ -194,7 +226,10 @@ fn wire_request(api: &Api, body: &Map<String, Value>, id: &str, endpoint: Endpoi
             wire.insert("messages".into(), jobs::messages(body.get("messages"))?);
         }
         Endpoint::Generate => {
-            wire.insert("prompt".into(), body.get("prompt").cloned().unwrap_or_default());
+            wire.insert(
+                "prompt".into(),
+                body.get("prompt").cloned().unwrap_or_default(),
+            );
             if let Some(system) = body.get("system").filter(|v| !v.is_null()) {
                 let Some(system) = system.as_str() else {
                     return Err(jobs::bad("system must be a string".into()));
@@ -222,7 +257,9 @@ fn wire_request(api: &Api, body: &Map<String, Value>, id: &str, endpoint: Endpoi
         };
         let n = if n < 0 { max_new } else { n.min(max_new) };
         if n == 0 {
-            return Err(jobs::bad("options.num_predict is 0: ask for at least one token".into()));
+            return Err(jobs::bad(
+                "options.num_predict is 0: ask for at least one token".into(),
+            ));
         }
         wire.insert("max_tokens".into(), n.into());
     }

@@ -27,7 +27,8 @@ pub fn error(f: Failure) -> Response {
 
 pub fn with_retry_after(mut r: Response) -> Response {
     if r.status() == StatusCode::TOO_MANY_REQUESTS {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(jobs::RETRY_AFTER_S));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(jobs::RETRY_AFTER_S));
     }
     r
 }
@@ -62,7 +63,9 @@ pub fn json_output(body: &Map<String, Value>) -> Result<Option<Value>, Failure> 
         Some("json_object") => Ok(Some(json!({"type": "object"}))),
         Some("json_schema") => match format.pointer("/json_schema/schema") {
             Some(schema) => Ok(Some(schema.clone())),
-            None => Err(jobs::bad("response_format.json_schema.schema is missing".into())),
+            None => Err(jobs::bad(
+                "response_format.json_schema.schema is missing".into(),
+            )),
         },
         _ => Err(jobs::bad(
             "response_format.type must be \"text\", \"json_object\" or \"json_schema\"".into(),
@@ -77,12 +80,24 @@ enum Endpoint {
     Completions,
 }
 
-pub async fn chat(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<Peer>, body: Body) -> Response {
-    serve(api, peer, body, Endpoint::Chat).await.unwrap_or_else(error)
+pub async fn chat(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Body,
+) -> Response {
+    serve(api, peer, body, Endpoint::Chat)
+        .await
+        .unwrap_or_else(error)
 }
 
-pub async fn completions(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<Peer>, body: Body) -> Response {
-    serve(api, peer, body, Endpoint::Completions).await.unwrap_or_else(error)
+pub async fn completions(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Body,
+) -> Response {
+    serve(api, peer, body, Endpoint::Completions)
+        .await
+        .unwrap_or_else(error)
 }
 
 async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<Response, Failure> {
@@ -122,7 +137,11 @@ async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<R
 
 /// The protocol's request for an OpenAI one (unknown fields are ignored, as OpenAI's
 /// clients send many this daemon has no use for).
-fn wire_request(body: &Map<String, Value>, id: &str, endpoint: Endpoint) -> Result<Map<String, Value>, Failure> {
+fn wire_request(
+    body: &Map<String, Value>,
+    id: &str,
+    endpoint: Endpoint,
+) -> Result<Map<String, Value>, Failure> {
     let mut wire = Map::new();
     wire.insert("id".into(), id.into());
     match endpoint {
@@ -135,7 +154,11 @@ fn wire_request(body: &Map<String, Value>, id: &str, endpoint: Endpoint) -> Resu
                 Some(Value::Array(list)) if list.len() == 1 && list[0].is_string() => {
                     list[0].as_str().unwrap_or_default().to_owned()
                 }
-                _ => return Err(jobs::bad("prompt must be a string (or a list of one string)".into())),
+                _ => {
+                    return Err(jobs::bad(
+                        "prompt must be a string (or a list of one string)".into(),
+                    ));
+                }
             };
             wire.insert("prompt".into(), prompt.into());
         }
@@ -158,7 +181,9 @@ fn wire_request(body: &Map<String, Value>, id: &str, endpoint: Endpoint) -> Resu
         wire.insert("stop".into(), stop);
     }
     if let Some(n) = body.get("n").and_then(Value::as_u64).filter(|&n| n != 1) {
-        return Err(jobs::bad(format!("n is {n}: one choice per request is served")));
+        return Err(jobs::bad(format!(
+            "n is {n}: one choice per request is served"
+        )));
     }
     Ok(wire)
 }
@@ -272,7 +297,9 @@ fn sse(running: Running, first: Event, shape: Shape) -> Body {
             }
             Event::Error { error, .. } => {
                 let f = jobs::failure(error.code, error.message);
-                data(&json!({"error": {"message": f.message, "type": "server_error", "code": f.kind}}));
+                data(
+                    &json!({"error": {"message": f.message, "type": "server_error", "code": f.kind}}),
+                );
                 true
             }
             _ => false,

@@ -11,7 +11,9 @@ pub fn unix_seconds() -> u64 {
 
 /// Now as `2026-12-06T06:30:25.123Z`.
 pub fn rfc3339_now() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(now.as_secs(), now.subsec_millis())
 }
 
