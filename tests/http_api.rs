@@ -488,3 +488,33 @@ fn an_http_flood_does_not_starve_a_socket_client() {
     assert!(before <= 2, "{finished:?}\n{log}");
     assert_eq!(finished.len(), 5);
 }
+
+#[test]
+fn http_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.sock");
+    let config = format!("[http]\nlisten = {:?}\n", path.display().to_string());
+    let mut d = Daemon::start(&config);
+    let path = path.display().to_string();
+    let url = "http://localhost/api/generate";
+    let body = json!({"prompt": "Hi", "stream": false, "options": {"num_predict": 2}});
+    let r: Value = serde_json::from_str(&curl(&[
+        "--unix-socket",
+        &path,
+        "-d",
+        &body.to_string(),
+        url,
+    ]))
+    .unwrap();
+    assert_eq!(r["eval_count"], 2, "{r}");
+    // Its client is the peer's uid.
+    assert!(
+        d.log().contains("via http: ") && d.log().contains("; http uid "),
+        "{}",
+        d.log()
+    );
+    d.sigterm();
+    assert!(d.wait_exit(PATIENCE).is_some_and(|s| s.success()));
+    // The socket file is removed at exit.
+    assert!(!std::path::Path::new(&path).exists());
+}

@@ -15,6 +15,7 @@ mod peer;
 mod time;
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -256,6 +257,15 @@ fn power_gauges(out: &mut String, prefix: &str, value: &serde_json::Value) {
                 f64::from(u8::from(*b)),
             );
         }
+        // A state such as the policy: Prometheus's "info" idiom, a label on a constant 1.
+        Value::String(text) => {
+            metrics::header(out, prefix, "gauge", "From status (README \"Power\").");
+            let text = text
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(out, "{prefix}{{value=\"{text}\"}} 1");
+        }
         _ => {}
     }
 }
@@ -377,6 +387,55 @@ mod tests {
         );
         assert!("localhost".parse::<Listen>().is_err());
         assert!("relative.sock".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn power_fields_become_gauges() {
+        let mut out = String::new();
+        let report = serde_json::json!({"power": {"policy": "fixed:\"2\"", "decode_threads": 1,
+            "throttled": true, "cores": [1, 2]}, "joules_per_token": null});
+        power_gauges(&mut out, "bitnetd", &report);
+        assert!(out.contains("\nbitnetd_power_decode_threads 1\n"), "{out}");
+        assert!(out.contains("\nbitnetd_power_throttled 1\n"), "{out}");
+        assert!(
+            out.contains("\nbitnetd_power_policy{value=\"fixed:\\\"2\\\"\"} 1\n"),
+            "{out}"
+        );
+        assert!(!out.contains("cores") && !out.contains("joules"), "{out}");
+    }
+
+    #[test]
+    fn json_output_maps_to_one_schema_per_api() {
+        use serde_json::json;
+        let body = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let openai = |v| openai::json_output(&body(v)).map_err(|f| f.message);
+        assert_eq!(openai(json!({})), Ok(None));
+        assert_eq!(
+            openai(json!({"response_format": {"type": "text"}})),
+            Ok(None)
+        );
+        assert_eq!(
+            openai(json!({"response_format": {"type": "json_object"}})),
+            Ok(Some(json!({"type": "object"})))
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            openai(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": schema}}})),
+            Ok(Some(schema.clone()))
+        );
+        assert!(
+            openai(json!({"response_format": {"type": "json_schema"}}))
+                .unwrap_err()
+                .contains("schema")
+        );
+        assert!(openai(json!({"response_format": {"type": "yaml"}})).is_err());
+        let ollama = |v| ollama::json_output(&body(v)).map_err(|f| f.message);
+        assert_eq!(ollama(json!({"format": ""})), Ok(None));
+        assert_eq!(ollama(json!({"format": null})), Ok(None));
+        assert_eq!(ollama(json!({"format": "json"})), Ok(Some(json!({}))));
+        assert_eq!(ollama(json!({"format": schema})), Ok(Some(schema)));
+        assert!(ollama(json!({"format": "xml"})).is_err());
     }
 
     #[test]
