@@ -67,6 +67,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// How many compute threads run, and where (temperature, throttling, battery).
     pub power: PowerConfig,
+    /// The OpenAI- and Ollama-compatible HTTP listener (off while `http.listen` is empty).
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -85,6 +87,39 @@ impl Default for Config {
             sampling: Sampling::default(),
             mqtt: MqttConfig::default(),
             power: PowerConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// `[http]`: the OpenAI- and Ollama-compatible API (README "HTTP: OpenAI and Ollama APIs").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// "127.0.0.1:11434" (TCP) or an absolute Unix socket path; empty: no HTTP listener.
+    pub listen: String,
+    /// A file holding the bearer key every request must give (trailing newline ignored); a
+    /// relative path is taken in `$CREDENTIALS_DIRECTORY` when systemd sets it. Unset: no key.
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// Where to listen, when HTTP is on (validated at load).
+    pub fn listen(&self) -> Option<crate::server::http::Listen> {
+        self.listen.parse().ok()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(());
+        }
+        match self.listen.parse::<crate::server::http::Listen>() {
+            Ok(_) => Ok(()),
+            Err(expected) => Err(ConfigError::Invalid {
+                key: "http.listen",
+                value: format!("{:?}", self.listen),
+                expected,
+            }),
         }
     }
 }
@@ -643,6 +678,7 @@ impl Config {
         )?;
         self.mqtt.validate()?;
         self.power.validate()?;
+        self.http.validate()?;
         if let Err(e) = self.sampling.sampler(0).validate() {
             let key = match e.field {
                 "temperature" => "sampling.temperature",

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! socket handler ─┐                                       ┌─> job's event channel ─> its transport
-//! mqtt dispatcher ┴─> Queue (bounded, round-robin) ─> engine thread (std::thread, owns the model)
+//! mqtt dispatcher ┼─> Queue (bounded, round-robin) ─> engine thread (std::thread, owns the model)
+//! http handlers ──┘
 //! ```
 //!
 //! Boot order: the socket is bound and MQTT starts connecting (a broker that is not up yet is
@@ -16,7 +17,9 @@
 
 pub mod activation;
 pub mod connections;
+pub mod http;
 pub mod log_escape;
+pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
 pub mod queue;
@@ -165,11 +168,28 @@ pub fn run(config: Config, boot: Boot) -> anyhow::Result<()> {
             )?),
             false => None,
         };
+        // Bound before the model loads, like the socket: clients get 503 `loading`.
+        let http = match config.http.listen() {
+            Some(listen) => {
+                let (bound, key) = http::bind(&config, &listen)?;
+                let task = tokio::spawn(http::serve(
+                    bound,
+                    key,
+                    server.queue.clone(),
+                    config.clone(),
+                    Shutdown::new(server.notify_shutdown.subscribe()),
+                ));
+                Some((listen, task))
+            }
+            None => None,
+        };
         let transports = format!(
-            "{}{}",
+            "{}{}{}",
             config.socket.path.display(),
             mqtt.as_ref()
-                .map_or(String::new(), |m| format!(" and {}", m.describe()))
+                .map_or(String::new(), |m| format!(" and {}", m.describe())),
+            http.as_ref()
+                .map_or(String::new(), |(listen, _)| format!(" and {listen}"))
         );
         let (loaded_tx, loaded_rx) = oneshot::channel();
         match boot {
@@ -256,7 +276,17 @@ pub fn run(config: Config, boot: Boot) -> anyhow::Result<()> {
                     m.shutdown().await;
                 }
             };
-            tokio::join!(shutdown_complete_rx.recv(), mqtt)
+            // The HTTP server ends once its open responses have their last events.
+            let http = async {
+                if let Some((_, task)) = http {
+                    match task.await {
+                        Ok(Err(e)) => log::error!("http: {e}"),
+                        Err(e) => log::error!("http: {e}"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+            };
+            tokio::join!(shutdown_complete_rx.recv(), mqtt, http)
         };
         if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
             log::warn!("some clients did not take their last events in time");

@@ -1,6 +1,6 @@
 //! The bounded request queue between the transports and the engine thread.
 //!
-//! Every transport (the socket, MQTT) turns a request into a [`Job`] and calls
+//! Every transport (the socket, MQTT, HTTP) turns a request into a [`Job`] and calls
 //! [`Queue::submit`]. The engine takes the clients' jobs in turn (round-robin over the clients
 //! with queued jobs, each client's own in order), so that one client sending many requests
 //! cannot make the others wait behind all of them. A full queue, or a client with
@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::ServerInfo;
 use super::log_escape::Escaped;
+use super::metrics::{Metrics, RequestEnd};
 use super::protocol::{ErrorCode, Event, GenRequest};
 
 /// One request on its way to the engine.
@@ -48,6 +49,10 @@ pub enum ClientKey {
     /// An MQTT reply topic (one device, one reply topic), by its hash: fairness only needs
     /// to tell topics apart, and the key stays `Copy`.
     ReplyTopic(u64),
+    /// An HTTP client over TCP, by its address (not its port: one host, one client).
+    HttpPeer(std::net::IpAddr),
+    /// An HTTP client on the HTTP Unix socket, by its peer's uid.
+    HttpUid(u32),
 }
 
 impl ClientKey {
@@ -67,6 +72,8 @@ impl fmt::Display for ClientKey {
                 write!(f, "connection {connection} (uid {uid})")
             }
             ClientKey::ReplyTopic(hash) => write!(f, "reply topic {hash:016x}"),
+            ClientKey::HttpPeer(ip) => write!(f, "http peer {ip}"),
+            ClientKey::HttpUid(uid) => write!(f, "http uid {uid}"),
         }
     }
 }
@@ -108,6 +115,8 @@ pub struct Stats {
     pub heartbeat_ms: AtomicU64,
     /// Set at shutdown: the engine cancels the running job and every queued one.
     pub shutting_down: AtomicBool,
+    /// Counters for `GET /metrics`, over every transport.
+    pub metrics: Metrics,
 }
 
 impl Stats {
@@ -120,6 +129,7 @@ impl Stats {
             last_tokens_per_s: AtomicU64::new(0f64.to_bits()),
             heartbeat_ms: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            metrics: Metrics::default(),
         }
     }
 
@@ -271,6 +281,10 @@ impl Queue {
                 code.as_str(),
                 job.client,
             );
+            shared
+                .stats
+                .metrics
+                .record(RequestEnd::refused(job.transport));
             let id = job.request.id.clone();
             // A closed channel means the client went away.
             let _ = job.events.send(Event::error(Some(id), code, message));
@@ -302,6 +316,10 @@ impl Queue {
             &refused;
         // The request's one log line: it never reaches the engine.
         let (code, message) = refused.answer();
+        shared
+            .stats
+            .metrics
+            .record(RequestEnd::refused(job.transport));
         log::info!(
             "request {} via {}: 0 prompt tokens, 0 completion tokens, \
              finish error ({}: {message}); {}",

@@ -11,6 +11,7 @@ use crate::chat::{ChatTemplate, Message, Role};
 use crate::engine::{Engine, FinishReason, GenParams, Outcome, Step};
 
 use super::log_escape::Escaped;
+use super::metrics::RequestEnd;
 use super::protocol::{Done, ErrorCode, Event, Timings, Usage};
 use super::queue::{Job, Next, QueueReceiver, Stats};
 
@@ -114,6 +115,9 @@ impl Worker {
                 job.transport,
                 job.client
             );
+            self.stats
+                .metrics
+                .record(RequestEnd::refused(job.transport));
             return Event::error(Some(id.clone()), ErrorCode::Expired, message);
         }
         if self.stopped(job) {
@@ -124,6 +128,10 @@ impl Worker {
                 job.transport,
                 job.client
             );
+            self.stats.metrics.record(RequestEnd {
+                finish: FinishReason::Cancelled.as_str(),
+                ..RequestEnd::refused(job.transport)
+            });
             return Event::Done(Box::new(Done {
                 id: id.clone(),
                 done: true,
@@ -142,11 +150,15 @@ impl Worker {
         }
         let tokens = match self.prompt(job) {
             Ok(t) => t,
-            Err((prompt_tokens, code, message)) => return fail(job, prompt_tokens, code, message),
+            Err((prompt_tokens, code, message)) => {
+                return fail(job, &self.stats, prompt_tokens, code, message);
+            }
         };
         let generated = match self.generate(job, &tokens) {
             Ok(g) => g,
-            Err(message) => return fail(job, tokens.len(), ErrorCode::Internal, message),
+            Err(message) => {
+                return fail(job, &self.stats, tokens.len(), ErrorCode::Internal, message);
+            }
         };
         self.finish(job, queue_ms, generated)
     }
@@ -287,6 +299,13 @@ impl Worker {
         // Counted before the caller sends `done`, so that a client that has its answer sees
         // it in `status`.
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.metrics.record(RequestEnd {
+            transport: job.transport,
+            finish: g.finish.as_str(),
+            prompt_tokens: g.outcome.prompt_tokens,
+            completion_tokens: n,
+            ttft: g.first_token.map(|_| ttft),
+        });
         self.stats
             .last_tokens_per_s
             .store(tokens_per_s.to_bits(), Ordering::Relaxed);
@@ -318,7 +337,11 @@ fn send(job: &Job, event: Event) {
 }
 
 /// A request that fails gets its error and one log line naming it.
-fn fail(job: &Job, prompt_tokens: usize, code: ErrorCode, message: String) -> Event {
+fn fail(job: &Job, stats: &Stats, prompt_tokens: usize, code: ErrorCode, message: String) -> Event {
+    stats.metrics.record(RequestEnd {
+        prompt_tokens,
+        ..RequestEnd::refused(job.transport)
+    });
     log::info!(
         "request {} via {}: {prompt_tokens} prompt tokens, 0 completion tokens, \
          finish error ({}: {message}); {}",
