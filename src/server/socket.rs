@@ -498,6 +498,15 @@ pub fn bind(config: &Config) -> anyhow::Result<UnixListener> {
             ),
         }
     }
+    // Resolved before binding: an unknown group leaves no socket file behind.
+    let group = &config.socket.group;
+    let gid = match group.is_empty() {
+        true => None,
+        false => Some(
+            group_id(group, Path::new("/etc/group"))
+                .with_context(|| format!("socket.group = {group:?}"))?,
+        ),
+    };
     let mode = config.socket_mode().expect("validated");
     // Only this thread runs while the socket is bound (the engine thread starts after), so
     // the process-wide umask cannot affect another file.
@@ -510,12 +519,12 @@ pub fn bind(config: &Config) -> anyhow::Result<UnixListener> {
             path.display()
         )
     })?;
-    let group = &config.socket.group;
-    if !group.is_empty() {
-        let gid = group_id(group, Path::new("/etc/group"))
-            .with_context(|| format!("socket.group = {group:?}"))?;
-        std::os::unix::fs::lchown(path, None, Some(gid))
-            .with_context(|| format!("giving {} to group {group}", path.display()))?;
+    if let Some(gid) = gid
+        && let Err(e) = std::os::unix::fs::lchown(path, None, Some(gid))
+    {
+        // The daemon does not start: the file it has just made must not stay behind.
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("giving {} to group {group}", path.display()));
     }
     Ok(listener)
 }
