@@ -343,3 +343,23 @@ fn a_socket_path_in_a_missing_directory_is_a_clear_error() {
     );
     assert!(!dir.path().join("no-such-dir").exists());
 }
+
+#[test]
+fn a_transport_that_cannot_start_takes_the_socket_file_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    // The HTTP port is taken, so the daemon stops after binding its socket.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = config(
+        dir.path(),
+        &socket,
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let err = refused(&cfg);
+    assert!(err.contains(&port.to_string()), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&socket).is_err(),
+        "a socket file was left behind:\n{err}"
+    );
+}

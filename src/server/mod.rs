@@ -149,6 +149,11 @@ pub fn run(config: Config, boot: Boot) -> anyhow::Result<()> {
         .context("starting the I/O runtime")?;
     runtime.block_on(async move {
         let listener = socket::bind(&config)?;
+        // A transport that fails to start ends the daemon: its socket file goes with it.
+        let unbind = |e: anyhow::Error| {
+            socket::remove(&config.socket.path);
+            e
+        };
         let (notify_shutdown, _) = broadcast::channel(1);
         let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
         let mut server = socket::Listener::new(
@@ -160,18 +165,21 @@ pub fn run(config: Config, boot: Boot) -> anyhow::Result<()> {
             shutdown_complete_tx,
         );
         let mqtt = match config.mqtt.enabled() {
-            true => Some(mqtt::start(
-                config.clone(),
-                info.clone(),
-                server.queue.clone(),
-                Shutdown::new(server.notify_shutdown.subscribe()),
-            )?),
+            true => Some(
+                mqtt::start(
+                    config.clone(),
+                    info.clone(),
+                    server.queue.clone(),
+                    Shutdown::new(server.notify_shutdown.subscribe()),
+                )
+                .map_err(unbind)?,
+            ),
             false => None,
         };
         // Bound before the model loads, like the socket: clients get 503 `loading`.
         let http = match config.http.listen() {
             Some(listen) => {
-                let (bound, key) = http::bind(&config, &listen)?;
+                let (bound, key) = http::bind(&config, &listen).map_err(unbind)?;
                 let task = tokio::spawn(http::serve(
                     bound,
                     key,
