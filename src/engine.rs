@@ -2,9 +2,11 @@
 //! and the reason generation stopped.
 
 use std::ops::ControlFlow;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::compute::Phase;
+use crate::constrain::{Allowed, Constraint, Schema, TokenTrie};
 use crate::model::{Logits, Model, ModelError, PROMPT_BATCH, Session};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -26,13 +28,16 @@ pub struct GenParams {
     pub sampler: SamplerConfig,
     /// Keep going past end-of-generation tokens (benchmarks, parity runs).
     pub ignore_eos: bool,
+    /// Only output that is a value of this schema: other tokens are masked before sampling,
+    /// and generation stops as soon as the value is complete.
+    pub json_schema: Option<Arc<Schema>>,
 }
 
 /// Why generation stopped; the daemon sends it as `finish_reason` (`as_str`'s names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// The model produced an end-of-generation token.
+    /// The model produced an end-of-generation token (or completed the `json_schema` value).
     Stop,
     /// `max_tokens` were generated.
     Length,
@@ -97,6 +102,10 @@ pub struct Engine {
     /// here: a one-token pass rounds attention differently (as ggml does), so the state of a
     /// generated token differs from the state of the same token in a prompt.
     cached: Vec<u32>,
+    /// The vocabulary's bytes as a trie, built on the first request with a `json_schema`.
+    trie: OnceLock<Arc<TokenTrie>>,
+    /// The masked logits of a constrained step (reused).
+    masked: Vec<f32>,
 }
 
 impl Engine {
@@ -108,7 +117,17 @@ impl Engine {
             session,
             pending: None,
             cached: Vec::new(),
+            trie: OnceLock::new(),
+            masked: Vec::new(),
         }
+    }
+
+    /// The vocabulary trie of the constrained mask (built once, on first use).
+    pub fn token_trie(&self) -> Arc<TokenTrie> {
+        Arc::clone(
+            self.trie
+                .get_or_init(|| Arc::new(TokenTrie::from_tokenizer(&self.tokenizer))),
+        )
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -205,6 +224,10 @@ impl Engine {
         mut on_step: impl FnMut(Step) -> ControlFlow<()>,
     ) -> Result<Outcome, EngineError> {
         let mut sampler = Sampler::new(params.sampler)?;
+        let mut constraint = params
+            .json_schema
+            .as_ref()
+            .map(|schema| Constraint::new(Arc::clone(schema), self.token_trie()));
         let input = &prompt[reused..];
         let needed = self.session.n_past() + input.len();
         if needed > self.session.n_ctx() || input.is_empty() {
@@ -271,8 +294,33 @@ impl Engine {
         let mut decoder = StreamDecoder::new();
         let (mut tokens, mut text) = (Vec::new(), String::new());
         let mut finish = FinishReason::Length;
+        // The end tokens the mask lets through once the value is complete (none when they
+        // are ignored; no allocation without a constraint).
+        let eog: Vec<u32> = match constraint {
+            Some(_) if !params.ignore_eos => {
+                let t = &self.tokenizer;
+                t.eos().into_iter().chain(t.eot()).collect()
+            }
+            _ => Vec::new(),
+        };
         while tokens.len() < params.max_tokens {
-            let token = sampler.sample(logits);
+            let token = match &mut constraint {
+                None => sampler.sample(logits),
+                Some(c) => {
+                    let remaining = params.max_tokens - tokens.len();
+                    match c.mask(logits, remaining, &eog, &mut self.masked) {
+                        Allowed::Tokens => sampler.sample(&self.masked),
+                        Allowed::Done => {
+                            finish = FinishReason::Stop;
+                            break;
+                        }
+                        Allowed::Stuck => {
+                            log::warn!("no token of the vocabulary continues the JSON value");
+                            break;
+                        }
+                    }
+                }
+            };
             sampler.accept(token);
             tokens.push(token);
             // The newest token is evaluated only if generation goes on.
@@ -294,7 +342,19 @@ impl Engine {
                 finish = FinishReason::Stop;
                 break;
             }
+            if let Some(c) = &mut constraint {
+                c.advance(self.tokenizer.piece(token));
+                // A complete value that nothing may extend ends the generation, however
+                // unlikely the model finds its end token.
+                if !c.can_continue() {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
             if tokens.len() == params.max_tokens {
+                if constraint.as_ref().is_some_and(Constraint::is_complete) {
+                    finish = FinishReason::Stop;
+                }
                 break;
             }
             if self.session.n_past() == self.session.n_ctx() {

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod chat;
 pub mod compute;
 pub mod config;
+pub mod constrain;
 pub mod convert;
 pub mod dummy;
 pub mod engine;

@@ -20,6 +20,7 @@ fn greedy(max_tokens: usize) -> GenParams {
     GenParams {
         max_tokens,
         ignore_eos: true,
+        json_schema: None,
         sampler: SamplerConfig {
             temperature: 0.0,
             ..SamplerConfig::default()
@@ -226,6 +227,7 @@ fn a_reply_cut_inside_a_character_ends_before_it() {
     let params = |max_tokens, seed| GenParams {
         max_tokens,
         ignore_eos: true,
+        json_schema: None,
         sampler: SamplerConfig {
             temperature: 8.0,
             top_k: 0,

@@ -203,22 +203,26 @@ fn errors_come_in_each_apis_shape_with_their_status() {
     assert_eq!(r.status, 413);
     assert!(r.json()["error"].is_string());
 
-    // JSON output is mapped, and refused until the protocol carries a schema.
+    // A schema bitnetd cannot enforce is refused before anything runs, naming the keyword
+    // and where it is, in each API's shape.
     let mut body = chat("x", 2);
-    body["response_format"] = json!({"type": "json_object"});
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "n",
+        "schema": {"type": "object", "properties": {"code": {"type": "string", "pattern": "^a"}}}}});
     let r = post(port, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(
-        r.status == 400 && r.body.contains("response_format"),
-        "{}",
-        r.body
+        message.contains("\"pattern\"") && message.contains("/properties/code"),
+        "{message}"
     );
     let r = post(
         port,
         "/api/generate",
-        &json!({"prompt": "x", "format": "json"}),
+        &json!({"prompt": "x", "format": {"type": "strnig"}}),
     );
+    assert_eq!(r.status, 400, "{}", r.body);
     assert!(
-        r.status == 400 && r.body.contains("response_format"),
+        r.json()["error"].as_str().unwrap().contains("type"),
         "{}",
         r.body
     );
@@ -248,6 +252,77 @@ fn errors_come_in_each_apis_shape_with_their_status() {
     ] {
         assert!(m.body.contains(needle), "no {needle:?} in\n{}", m.body);
     }
+}
+
+/// The command a home automation wants from a sentence, as a schema.
+fn command_schema() -> Value {
+    json!({"type": "object",
+           "properties": {"entity": {"type": "string", "maxLength": 24},
+                          "action": {"enum": ["on", "off"]}},
+           "required": ["entity", "action"], "additionalProperties": false})
+}
+
+#[test]
+fn json_output_parses_and_fits_its_schema_in_both_apis() {
+    let port = free_port();
+    let _d = Daemon::start(&http_config(port, ""));
+    let prompt = "turn the kitchen light off";
+    let check = |text: &str| {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        let o = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {text}"));
+        assert_eq!(o.len(), 2, "{text}");
+        assert!(
+            o["entity"].as_str().unwrap().chars().count() <= 24,
+            "{text}"
+        );
+        assert!(o["action"] == "on" || o["action"] == "off", "{text}");
+    };
+    for seed in 0..3 {
+        // OpenAI: response_format json_schema, sampled (not greedy) so that seeds differ.
+        let mut body = chat(prompt, 64);
+        body["temperature"] = 1.0.into();
+        body["seed"] = seed.into();
+        body["response_format"] = json!({"type": "json_schema",
+            "json_schema": {"name": "command", "schema": command_schema()}});
+        let r = post(port, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        check(
+            r.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap(),
+        );
+        // Ollama: a schema object as `format`.
+        let r = post(
+            port,
+            "/api/generate",
+            &json!({"prompt": prompt, "stream": false, "format": command_schema(),
+                    "options": {"num_predict": 64, "seed": seed, "temperature": 1.0}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        check(r.json()["response"].as_str().unwrap());
+    }
+    // json_object / "json": an object, any value.
+    let mut body = chat(prompt, 48);
+    body["response_format"] = json!({"type": "json_object"});
+    let r = post(port, "/v1/chat/completions", &body);
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        serde_json::from_str::<Value>(&text).unwrap().is_object(),
+        "{text}"
+    );
+    let r = post(
+        port,
+        "/api/generate",
+        &json!({"prompt": prompt, "stream": false, "format": "json",
+                "options": {"num_predict": 48}}),
+    );
+    let text = r.json()["response"].as_str().unwrap().to_string();
+    serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
 }
 
 #[test]

@@ -196,6 +196,7 @@ fn run(engine: &mut Engine, prompt: &[u32]) -> Run {
             ..Default::default()
         },
         ignore_eos: true,
+        json_schema: None,
     };
     let (mut ids, mut logits) = (Vec::new(), Vec::new());
     engine.reset();

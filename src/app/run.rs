@@ -65,6 +65,20 @@ pub struct RunArgs {
     /// Pre-tokenizer instead of `tokenizer.ggml.pre` (gpt-2, llama-bpe, default).
     #[arg(long, value_name = "NAME")]
     pub pretokenizer: Option<String>,
+    /// Generate only JSON values of the JSON Schema in this file (`{}`: any JSON value).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+}
+
+/// The compiled schema of `--json-schema FILE`.
+fn json_schema(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<crate::constrain::Schema>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let schema = crate::constrain::Schema::compile(&value)
+        .with_context(|| format!("{}: unsupported JSON Schema", path.display()))?;
+    Ok(std::sync::Arc::new(schema))
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -86,6 +100,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let params = GenParams {
         max_tokens: args.n_predict,
         ignore_eos: args.ignore_eos,
+        json_schema: args.json_schema.as_deref().map(json_schema).transpose()?,
         sampler: SamplerConfig {
             temperature: args.temp,
             top_k: args.top_k,

@@ -61,6 +61,7 @@ impl Worker {
             max_tokens: 1,
             sampler: Default::default(),
             ignore_eos: true,
+            json_schema: None,
         };
         let mut evaluated = 0;
         for rendered in [self.template.render_marked(&turn, true), system] {
@@ -194,6 +195,7 @@ impl Worker {
             max_tokens: job.request.max_tokens,
             sampler: job.request.sampler,
             ignore_eos: false,
+            json_schema: job.request.json_schema.clone(),
         };
         let id = &job.request.id;
         let mut stops = StopFilter::new(&job.request.stop);

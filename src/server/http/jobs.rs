@@ -63,16 +63,12 @@ pub fn next_id(api: &Api, prefix: &str) -> String {
     format!("{prefix}-{}", api.next_id.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Where a request asks for JSON output: the schema the protocol's generate request would
-/// carry. The ONE place the mapped `response_format` / `format` reaches the protocol: until
-/// the protocol request has its `json_schema` field, a request asking for JSON is refused.
-pub fn attach_json_schema(
-    _wire: &mut Map<String, Value>,
-    schema: Option<Value>,
-) -> Result<(), Failure> {
-    match schema {
-        None => Ok(()),
-        Some(_) => Err(bad("response_format is not supported by this build".into())),
+/// Where a request asks for JSON output: the schema goes into the protocol request's
+/// `json_schema` field, so that it is compiled, checked and refused (400 naming the schema's
+/// fault) in one place for every transport.
+pub fn attach_json_schema(wire: &mut Map<String, Value>, schema: Option<Value>) {
+    if let Some(schema) = schema {
+        wire.insert("json_schema".into(), schema);
     }
 }
 

@@ -197,7 +197,7 @@ async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<R
     let id = jobs::next_id(&api, "ollama");
     let mut wire = wire_request(&api, &body, &id, endpoint)?;
     wire.insert("stream".into(), Value::Bool(stream));
-    jobs::attach_json_schema(&mut wire, json_output(&body)?)?;
+    jobs::attach_json_schema(&mut wire, json_output(&body)?);
     let (running, first) = jobs::start(&api, peer.0, wire).await?;
     if !stream {
         let (_, done) = jobs::finish(running, first).await?;

@@ -119,7 +119,7 @@ async fn serve(api: Api, peer: Peer, body: Body, endpoint: Endpoint) -> Result<R
         .unwrap_or(false);
     let mut wire = wire_request(&body, &id, endpoint)?;
     wire.insert("stream".into(), Value::Bool(stream));
-    jobs::attach_json_schema(&mut wire, json_output(&body)?)?;
+    jobs::attach_json_schema(&mut wire, json_output(&body)?);
     let (running, first) = jobs::start(&api, peer.0, wire).await?;
     let shape = Shape {
         id,

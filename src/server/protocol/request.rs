@@ -4,12 +4,15 @@
 //! Parsing is strict: unknown fields, wrong types and out-of-range values are refused with a
 //! `bad_request` error that names the field, so a client's typo never goes unnoticed.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::event::{ErrorCode, Event};
 
 use crate::chat::{Message, Role};
 use crate::config::Config;
+use crate::constrain::Schema;
 use crate::sampler::SamplerConfig;
 
 /// Longest request id, in bytes.
@@ -51,6 +54,7 @@ struct WireRequest {
     seed: Option<u64>,
     stop: Option<Vec<String>>,
     stream: Option<bool>,
+    json_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +96,8 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Send each token as it comes; otherwise only the final event.
     pub stream: bool,
+    /// The output must be a JSON value of this schema (compiled when the request is parsed).
+    pub json_schema: Option<Arc<Schema>>,
 }
 
 /// A request that cannot be served, and the id to answer it under (when one was readable).
@@ -345,6 +351,10 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
             s.len()
         ));
     }
+    let json_schema = match &w.json_schema {
+        None => None,
+        Some(v) => Some(Arc::new(Schema::compile(v).map_err(|e| e.to_string())?)),
+    };
     Ok(GenRequest {
         id: w.id,
         messages,
@@ -352,6 +362,7 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
         sampler,
         stop,
         stream: w.stream.unwrap_or(true),
+        json_schema,
     })
 }
 
