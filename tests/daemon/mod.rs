@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -273,8 +274,11 @@ pub fn long_request(id: &str) -> Value {
 pub fn dummy_125m() -> PathBuf {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gen-dummy-125M.gguf");
     if !path.exists() {
-        // Written aside and renamed: test binaries running at once never see half a file.
-        let part = path.with_extension(format!("{}.part", std::process::id()));
+        // Written aside under a name of its own and renamed: test binaries, and tests of one
+        // binary, running at once never see half a file nor take each other's part file.
+        static PARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = PARTS.fetch_add(1, Ordering::Relaxed);
+        let part = path.with_extension(format!("{}-{n}.part", std::process::id()));
         let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
             .args(["gen-dummy", "--model-size", "125M", "--outfile"])
             .arg(&part)
