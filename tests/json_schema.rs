@@ -10,6 +10,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 use bitnetd::constrain::Schema;
 use bitnetd::engine::{Engine, FinishReason, GenParams};
 use bitnetd::model::Model;
@@ -20,7 +21,9 @@ use json_schema_common::{refused, schemas, violation};
 const SEEDS: u64 = 100;
 
 fn engine(path: &Path) -> Engine {
-    let model = Model::load(path).unwrap();
+    // The fastest kernel, as `run` picks: the output is the same with every kernel.
+    let mut model = Model::load(path).unwrap();
+    model.set_kernel(Kernel::select(KernelChoice::Auto).unwrap());
     let tokenizer = Tokenizer::from_gguf(&model.gguf, None).unwrap();
     Engine::new(model, tokenizer, 512)
 }

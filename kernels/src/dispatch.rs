@@ -209,6 +209,16 @@ impl Kernel {
         src.convert_to_f32_slice(dst)
     }
 
+    /// `w · x` of f32 rows, summed as `sum` says (bit-identical on every path).
+    pub fn dot_f32(self, w: &[f32], x: &[f32], sum: F16Sum) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
+            return crate::x86_64::dot_f32_fma(w, x, sum);
+        }
+        // aarch64 has fused multiply-add in its base set: the reference is already fast.
+        scalar::dot_f32(w, x, sum)
+    }
+
     /// An F16 matrix times f32 activations, summed as `sum` says (bit-identical on every
     /// path).
     pub fn f16_matmul(

@@ -111,6 +111,7 @@ impl F16Sum {
 
     /// The product from its lane totals (`lanes()` of them) and the products of the
     /// columns past the last whole set of lanes.
+    #[inline(always)]
     pub fn total(self, lanes: &[f32], tail: impl Iterator<Item = f32>) -> f32 {
         match self {
             F16Sum::Gemm => {
@@ -146,6 +147,7 @@ pub fn halving_sum(lanes: &[f32; 16]) -> f32 {
 }
 
 /// `w · x` summed as `sum` says (`w` already widened to f32).
+#[inline(always)]
 pub fn dot_f32(w: &[f32], x: &[f32], sum: F16Sum) -> f32 {
     let n = sum.lanes();
     let body = w.len() / n * n;

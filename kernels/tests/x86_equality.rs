@@ -10,8 +10,8 @@ use std::sync::Once;
 use bitnet_kernels::q8::Q8Matrix;
 use bitnet_kernels::scalar;
 use bitnet_kernels::x86_64::{
-    f16_avx2_available, f16_matmul_avx2, i2s_avx2_available, i2s_avx512_available, i2s_matmul_avx2,
-    i2s_matmul_avx512, q8_matmul_avx2, quantize_block_avx2,
+    dot_f32_fma, f16_avx2_available, f16_matmul_avx2, i2s_avx2_available, i2s_avx512_available,
+    i2s_matmul_avx2, i2s_matmul_avx512, q8_matmul_avx2, quantize_block_avx2,
 };
 use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs};
 use common::{Rng, Weights, assert_same_bits, weights};
@@ -192,6 +192,22 @@ fn f16_random_shapes() {
 fn f16_row_subrange_and_specials() {
     if runs("f16_matmul_avx2", f16_avx2_available()) {
         common::f16_row_subrange_and_specials(f16_matmul_avx2);
+    }
+}
+
+#[test]
+fn dot_f32_random_lengths_both_sums() {
+    if runs("dot_f32_fma", f16_avx2_available()) {
+        let mut rng = Rng::new(0xd07);
+        for len in [0, 1, 15, 16, 17, 63, 64, 65, 640, 2560, 2561] {
+            let w: Vec<f32> = (0..len).map(|_| rng.unit() * 4.0 - 2.0).collect();
+            let x: Vec<f32> = (0..len).map(|_| rng.unit() * 40.0 - 20.0).collect();
+            for sum in [scalar::F16Sum::Gemm, scalar::F16Sum::VecDot] {
+                let want = scalar::dot_f32(&w, &x, sum);
+                let got = dot_f32_fma(&w, &x, sum);
+                assert_eq!(got.to_bits(), want.to_bits(), "len {len}, {sum:?}");
+            }
+        }
     }
 }
 

@@ -401,7 +401,8 @@ impl Model {
                             self.embedding_row(r, row);
                             for t in 0..n {
                                 let x = &xn[t * d..(t + 1) * d];
-                                part.token(t)[r - start] = scalar::dot_f32(row, x, F16Sum::Gemm);
+                                part.token(t)[r - start] =
+                                    self.kernel.dot_f32(row, x, F16Sum::Gemm);
                             }
                         }
                     }

@@ -7,12 +7,14 @@
 //! - F16: the scalar's lanes of fused multiply-adds, totalled in the same order, so no
 //!   tolerance is needed.
 
+mod dot_fma;
 mod f16_avx2;
 mod i2s_avx2;
 mod i2s_avx512;
 mod q8_avx2;
 mod quantize_avx2;
 
+pub use dot_fma::dot_f32_fma;
 pub use f16_avx2::f16_matmul_avx2;
 pub use i2s_avx2::i2s_matmul_avx2;
 pub use i2s_avx512::i2s_matmul_avx512;
