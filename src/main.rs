@@ -1,3 +1,5 @@
+#![deny(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 use bitnetd::app;

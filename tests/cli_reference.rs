@@ -240,3 +240,34 @@ fn info_refuses_a_damaged_model_and_says_why() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("runs past the end of the file"), "{err}");
 }
+
+#[test]
+fn prompts_that_start_with_a_hyphen_are_text() {
+    let model = reference("tiny-i2_s.gguf");
+    let model = model.to_str().unwrap();
+    let out = bitnetd(
+        &[
+            "run",
+            "-m",
+            model,
+            "-p",
+            "-5 degrees outside",
+            "-n",
+            "2",
+            "--temp",
+            "0",
+        ],
+        b"",
+    );
+    assert!(out.stdout.starts_with(b"-5 degrees outside"));
+    let out = bitnetd(&["tokenize", "-m", model, "-p", "-{"], b"");
+    assert!(!out.stdout.is_empty());
+    // No daemon on this socket: the question gets as far as connecting.
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+        .args(["ask", "--socket", "/nonexistent/bitnetd.sock", "-x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("connecting to"), "{stderr}");
+}

@@ -8,10 +8,8 @@
 //! Every matrix kernel has the shape of [`scalar::i2s_matmul`]:
 //! `fn(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows)`. The output is a
 //! `[token][w.rows]` buffer of which the kernel fills the rows `out.rows()` for every
-//! token: `out.token(t)[i]` is token `t`'s value of row `out.rows().start + i`. (This
-//! replaces `out: &mut [f32], rows: Range<usize>` with `out[t * w.rows + r]`; the change
-//! is mechanical: loop over `out.rows()` and write `out.token(t)[r - out.rows().start]`.)
-//! A whole buffer is `OutRows::all(&mut buf, n_tokens, w.rows)`.
+//! token: `out.token(t)[i]` is token `t`'s value of row `out.rows().start + i`. A whole
+//! buffer is `OutRows::all(&mut buf, n_tokens, w.rows)`.
 //!
 //! [`broadcast`] is the synchronization core of the compute thread pool: it lives here
 //! because lending borrowed jobs to long-lived threads needs one `unsafe` lifetime step.

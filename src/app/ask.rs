@@ -27,7 +27,8 @@ pub struct AskArgs {
     /// Print the daemon's raw JSON events instead of the text.
     #[arg(long)]
     pub json: bool,
-    /// The question.
+    /// The question (it may start with "-").
+    #[arg(allow_hyphen_values = true)]
     pub prompt: String,
 }
 

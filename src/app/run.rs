@@ -20,7 +20,13 @@ pub struct RunArgs {
     #[arg(short = 'm', long = "model", value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Prompt; with -cnv, the system prompt.
-    #[arg(short = 'p', long = "prompt", value_name = "TEXT")]
+    // Hyphen values: a prompt such as "-5 degrees outside" is text, not an option.
+    #[arg(
+        short = 'p',
+        long = "prompt",
+        value_name = "TEXT",
+        allow_hyphen_values = true
+    )]
     pub prompt: Option<String>,
     /// Read the prompt from a file.
     #[arg(

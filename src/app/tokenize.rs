@@ -18,6 +18,7 @@ pub struct TokenizeArgs {
         short = 'p',
         long = "prompt",
         value_name = "TEXT",
+        allow_hyphen_values = true,
         required_unless_present = "jsonl"
     )]
     pub prompt: Option<String>,

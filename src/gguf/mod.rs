@@ -1,6 +1,7 @@
 //! GGUF container: reader (zero-copy over a memory map) and writer.
 
 mod reader;
+#[allow(unsafe_code)] // the memory map: see the module's SAFETY notes
 mod storage;
 mod types;
 mod value;

@@ -175,11 +175,6 @@ impl Session {
     pub fn truncate(&mut self, n: usize) {
         self.n_past = self.n_past.min(n);
     }
-
-    /// Bytes held by the KV cache.
-    pub fn kv_bytes(&self) -> usize {
-        (self.k_cache.len() + self.v_cache.len()) * 2
-    }
 }
 
 /// Which logits a forward pass returns.

@@ -240,7 +240,7 @@ impl Worker {
             self.engine.reset();
             e.to_string()
         })?;
-        let (tail, _) = stops.finish();
+        let tail = stops.finish();
         if stream && !tail.is_empty() && !hit_stop {
             send(
                 job,
@@ -406,9 +406,10 @@ impl<'a> StopFilter<'a> {
         (self.take(upto), false)
     }
 
-    fn finish(&mut self) -> (String, bool) {
+    /// The text held back at the end of generation (it can no longer become a stop string).
+    fn finish(&mut self) -> String {
         let end = self.text.len();
-        (self.take(end), false)
+        self.take(end)
     }
 
     fn take(&mut self, upto: usize) -> String {
@@ -453,7 +454,7 @@ mod tests {
         let stops = vec!["abc".to_string()];
         let mut f = StopFilter::new(&stops);
         assert_eq!(f.push("xab"), ("x".into(), false));
-        assert_eq!(f.finish(), ("ab".into(), false));
+        assert_eq!(f.finish(), "ab");
         assert_eq!(f.text, "xab");
     }
 }
