@@ -60,7 +60,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let probe = bench::BandwidthProbe::new(BANDWIDTH_BYTES);
     let memory_read = probe.measure(&pool, BANDWIDTH_TRIES);
     model.set_pool(pool);
-    model.set_kernel(common::select_kernel(&args.compute.kernel)?);
+    model.set_kernel(common::select_kernel(args.compute.kernel)?);
     model.set_head(args.compute.head)?;
     let cfg = BenchConfig {
         n_prompt: args.n_prompt,

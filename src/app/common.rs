@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 
 use crate::compute::Pool;
@@ -41,11 +41,11 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
     /// Ternary kernel: auto, scalar, tl1 or i2s.
-    #[arg(long, default_value = "auto")]
-    pub kernel: String,
+    #[arg(long, default_value_t)]
+    pub kernel: KernelChoice,
     /// Output projection: as the file stores it, or an 8-bit copy (faster decoding;
     /// logits move by about 1e-2).
-    #[arg(long, value_enum, default_value = "file")]
+    #[arg(long, default_value_t)]
     pub head: HeadChoice,
 }
 
@@ -57,17 +57,15 @@ impl ComputeArgs {
     /// Puts `model` on these threads with this kernel.
     pub fn apply(&self, model: &mut Model) -> anyhow::Result<()> {
         model.set_pool(self.pool()?);
-        model.set_kernel(select_kernel(&self.kernel)?);
+        model.set_kernel(select_kernel(self.kernel)?);
         model.set_head(self.head)?;
         Ok(())
     }
 }
 
-/// The kernel named by `--kernel auto|scalar|tl1|i2s`, checked against the scalar
-/// reference on this CPU before anything runs on it.
-pub fn select_kernel(name: &str) -> anyhow::Result<Kernel> {
-    let choice = KernelChoice::from_name(name)
-        .ok_or_else(|| anyhow!("kernel {name:?}: expected auto, scalar, tl1 or i2s"))?;
+/// The kernel `choice` resolves to, checked against the scalar reference on this CPU
+/// before anything runs on it.
+pub fn select_kernel(choice: KernelChoice) -> anyhow::Result<Kernel> {
     let kernel = Kernel::select(choice)?;
     if !kernel.self_test() {
         if choice != KernelChoice::Auto {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::ValueEnum;
 
 use super::common;
 use crate::chat::ChatTemplate;
@@ -33,8 +32,8 @@ pub struct ServeArgs {
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
     /// Output projection: file or q8 (overrides `head`).
-    #[arg(long, value_name = "HEAD", value_parser = ["file", "q8"])]
-    pub head: Option<String>,
+    #[arg(long, value_name = "HEAD")]
+    pub head: Option<HeadChoice>,
     /// Evaluate every prompt from its start (sets `prefix_cache = false`).
     #[arg(long)]
     pub no_prefix_cache: bool,
@@ -105,8 +104,8 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(t) = args.threads {
         config.threads = t;
     }
-    if let Some(h) = &args.head {
-        config.head = h.clone();
+    if let Some(h) = args.head {
+        config.head = h;
     }
     if args.no_prefix_cache {
         config.prefix_cache = false;
@@ -234,14 +233,12 @@ fn load(
         path.display(),
         loaded.load_time.as_secs_f64() * 1e3
     );
-    let kernel = common::select_kernel(&config.kernel)?;
+    let kernel = common::select_kernel(config.kernel)?;
     loaded.model.set_kernel(kernel);
-    // `config.head` is checked already: "file" or "q8".
-    let head = HeadChoice::from_str(&config.head, false).map_err(anyhow::Error::msg)?;
     loaded
         .model
-        .set_head(head)
-        .with_context(|| format!("config key `head` = {:?}", config.head))?;
+        .set_head(config.head)
+        .with_context(|| format!("config key `head` = {:?}", config.head.name()))?;
     let (head, _) = loaded.model.head();
     let sysfs = crate::power::SysRoot::new(&config.power.sysfs_root);
     let threads = match config.threads {
