@@ -49,6 +49,9 @@ pub struct Config {
     pub model_dir: Option<PathBuf>,
     /// Compute threads.
     pub threads: usize,
+    /// The cores the compute threads may run on (e.g. `[2, 3]`); unset: every core. The
+    /// power policy places its threads on the fastest of them (README "Power").
+    pub cores: Option<Vec<usize>>,
     /// Ternary kernel (its names are `KernelChoice`'s; a bad one fails the parse).
     pub kernel: KernelChoice,
     /// Output projection: "file" (as the file stores it) or "q8" (an 8-bit copy made at load).
@@ -79,6 +82,7 @@ impl Default for Config {
             model: None,
             model_dir: None,
             threads: 2,
+            cores: None,
             kernel: KernelChoice::Auto,
             head: HeadChoice::File,
             ctx_size: 2048,
@@ -604,6 +608,15 @@ impl Config {
             self.threads,
             "it must be between 0 (one per fast core) and 256",
         )?;
+        if let Some(cores) = &self.cores {
+            let distinct: std::collections::BTreeSet<_> = cores.iter().collect();
+            check(
+                !cores.is_empty() && distinct.len() == cores.len(),
+                "cores",
+                cores,
+                "it must list core ids, each once, such as [2, 3] (leave it out for every core)",
+            )?;
+        }
         let s = &self.socket;
         check(
             !s.path.as_os_str().is_empty(),
@@ -779,6 +792,18 @@ mod tests {
             e.contains("head = \"q4\"") && e.contains("expected file or q8"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cores_are_a_list_of_distinct_core_ids() {
+        assert_eq!(parse("").unwrap().cores, None);
+        assert_eq!(parse("cores = [2, 3]\n").unwrap().cores, Some(vec![2, 3]));
+        for text in ["cores = []", "cores = [2, 3, 2]"] {
+            let e = parse(&format!("{text}\n")).unwrap_err().to_string();
+            assert!(e.starts_with("config key `cores` = "), "{text}: {e}");
+        }
+        let e = parse("cores = [-1]\n").unwrap_err().to_string();
+        assert!(e.contains("cores"), "{e}");
     }
 
     #[test]

@@ -104,11 +104,18 @@ impl Monitor {
 }
 
 /// Calibrates (balanced and powersave), makes the first decision, and starts the governor
-/// thread. The model's pool must already have its threads.
-pub fn start(settings: Settings, root: SysRoot, model: &mut Model) -> Arc<Monitor> {
+/// thread. The model's pool must already have its threads. With `within` (config `cores`),
+/// the policy sees only those cores: it still picks how many threads run, and places them
+/// on the fastest of them.
+pub fn start(
+    settings: Settings,
+    root: SysRoot,
+    within: Option<Vec<usize>>,
+    model: &mut Model,
+) -> Arc<Monitor> {
     let plan = model.pool().plan_handle();
     let max_threads = model.pool().capacity();
-    let machine = Machine::read(&root);
+    let machine = read_within(&root, within.as_deref());
     let mut governor = Governor::new(settings, max_threads);
     let fast = machine.fast_cores();
     if machine.cpus.is_empty() {
@@ -172,7 +179,7 @@ pub fn start(settings: Settings, root: SysRoot, model: &mut Model) -> Arc<Monito
             let mut last = decision;
             loop {
                 std::thread::sleep(INTERVAL);
-                let machine = Machine::read(&root);
+                let machine = read_within(&root, within.as_deref());
                 let decision = governor.decide(&machine, epoch.elapsed());
                 apply(&plan, &decision, Some(&last));
                 shared.observe(&decision, &machine);
@@ -254,14 +261,27 @@ pub fn status_of(d: &Decision, m: &Machine) -> PowerStatus {
     }
 }
 
-/// The pool size for `threads = 0`: one thread per fast core this process may use (every
-/// core it may use when sysfs shows none).
-pub fn one_per_fast_core(root: &SysRoot) -> usize {
-    let fast = allowed_subset(&Machine::read(root).fast_cores());
+/// The pool size for `threads = 0`: one thread per fast core this process may use, of
+/// `within` when set (when sysfs shows none: one per core of `within`, else per core it
+/// may use).
+pub fn one_per_fast_core(root: &SysRoot, within: Option<&[usize]>) -> usize {
+    let fast = allowed_subset(&read_within(root, within).fast_cores());
     if !fast.is_empty() {
         return fast.len();
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    match within {
+        Some(cores) => cores.len(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// The machine as the policy may use it: only the cores of `within` when set.
+fn read_within(root: &SysRoot, within: Option<&[usize]>) -> Machine {
+    let mut machine = Machine::read(root);
+    if let Some(cores) = within {
+        machine.cpus.retain(|cpu| cores.contains(&cpu.id));
+    }
+    machine
 }
 
 /// The cores of `cores` this process may run on.
