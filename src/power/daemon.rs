@@ -295,3 +295,24 @@ fn allowed_subset(cores: &[usize]) -> Vec<usize> {
         None => cores.to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_cores_narrow_what_the_policy_sees() {
+        // Two slow cores (0, 1) and two fast ones (2, 3).
+        let dir = tempfile::tempdir().unwrap();
+        for (id, capacity) in [(0, 512), (1, 512), (2, 1024), (3, 1024)] {
+            let cpu = dir.path().join(format!("sys/devices/system/cpu/cpu{id}"));
+            std::fs::create_dir_all(&cpu).unwrap();
+            std::fs::write(cpu.join("cpu_capacity"), format!("{capacity}\n")).unwrap();
+        }
+        let root = SysRoot::new(dir.path());
+        assert_eq!(read_within(&root, None).fast_cores(), [2, 3]);
+        // Within the slow cores, they are the fastest there are.
+        assert_eq!(read_within(&root, Some(&[1, 0])).fast_cores(), [0, 1]);
+        assert_eq!(read_within(&root, Some(&[1, 3])).fast_cores(), [3]);
+    }
+}
