@@ -6,8 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use bitnet_kernels::dispatch::KernelChoice;
 use serde::Deserialize;
 
+use crate::model::HeadChoice;
 use crate::power::{Policy, Settings as PowerSettings};
 use crate::sampler::SamplerConfig;
 use crate::server::mqtt::DiscoveryMode;
@@ -47,10 +49,13 @@ pub struct Config {
     pub model_dir: Option<PathBuf>,
     /// Compute threads.
     pub threads: usize,
-    /// Ternary kernel: "auto", "scalar", "tl1" or "i2s".
-    pub kernel: String,
+    /// The cores the compute threads may run on (e.g. `[2, 3]`); unset: every core. The
+    /// power policy places its threads on the fastest of them (README "Power").
+    pub cores: Option<Vec<usize>>,
+    /// Ternary kernel (its names are `KernelChoice`'s; a bad one fails the parse).
+    pub kernel: KernelChoice,
     /// Output projection: "file" (as the file stores it) or "q8" (an 8-bit copy made at load).
-    pub head: String,
+    pub head: HeadChoice,
     /// Context size in tokens (prompt plus reply); 0 takes the model's trained context.
     pub ctx_size: usize,
     /// The system prompt of requests that give none (empty: no system message).
@@ -77,8 +82,9 @@ impl Default for Config {
             model: None,
             model_dir: None,
             threads: 2,
-            kernel: "auto".into(),
-            head: "file".into(),
+            cores: None,
+            kernel: KernelChoice::Auto,
+            head: HeadChoice::File,
             ctx_size: 2048,
             system_prompt: String::new(),
             prefix_cache: true,
@@ -602,18 +608,15 @@ impl Config {
             self.threads,
             "it must be between 0 (one per fast core) and 256",
         )?;
-        check(
-            matches!(self.kernel.as_str(), "auto" | "scalar" | "tl1" | "i2s"),
-            "kernel",
-            &self.kernel,
-            "it must be \"auto\", \"scalar\", \"tl1\" or \"i2s\"",
-        )?;
-        check(
-            matches!(self.head.as_str(), "file" | "q8"),
-            "head",
-            &self.head,
-            "it must be \"file\" or \"q8\"",
-        )?;
+        if let Some(cores) = &self.cores {
+            let distinct: std::collections::BTreeSet<_> = cores.iter().collect();
+            check(
+                !cores.is_empty() && distinct.len() == cores.len(),
+                "cores",
+                cores,
+                "it must list core ids, each once, such as [2, 3] (leave it out for every core)",
+            )?;
+        }
         let s = &self.socket;
         check(
             !s.path.as_os_str().is_empty(),
@@ -780,12 +783,27 @@ mod tests {
             .to_string();
         assert!(e.contains("limits.line_timeout_secs"), "{e}");
         let e = parse("kernel = \"neon9\"\n").unwrap_err().to_string();
-        assert!(e.contains("kernel"), "{e}");
-        let e = parse("head = \"q4\"\n").unwrap_err().to_string();
         assert!(
-            e.contains("`head`") && e.contains("\"file\" or \"q8\""),
+            e.contains("kernel = \"neon9\"") && e.contains("auto, scalar, tl1 or i2s"),
             "{e}"
         );
+        let e = parse("head = \"q4\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("head = \"q4\"") && e.contains("expected file or q8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cores_are_a_list_of_distinct_core_ids() {
+        assert_eq!(parse("").unwrap().cores, None);
+        assert_eq!(parse("cores = [2, 3]\n").unwrap().cores, Some(vec![2, 3]));
+        for text in ["cores = []", "cores = [2, 3, 2]"] {
+            let e = parse(&format!("{text}\n")).unwrap_err().to_string();
+            assert!(e.starts_with("config key `cores` = "), "{text}: {e}");
+        }
+        let e = parse("cores = [-1]\n").unwrap_err().to_string();
+        assert!(e.contains("cores"), "{e}");
     }
 
     #[test]

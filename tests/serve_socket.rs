@@ -266,9 +266,11 @@ fn bad_config_or_model_stops_the_daemon_with_a_message() {
     assert!(err.contains("threads"), "{err}");
     let err = serve("head = \"q4\"\n");
     assert!(
-        err.contains("`head`") && err.contains("\"file\" or \"q8\""),
+        err.contains("head = \"q4\"") && err.contains("expected file or q8"),
         "{err}"
     );
+    let err = serve("cores = []\n");
+    assert!(err.contains("`cores`"), "{err}");
     let err = serve("[sampling]\ntemperature = -1.0\n");
     assert!(err.contains("sampling.temperature"), "{err}");
     let missing = dir.path().join("missing.gguf");

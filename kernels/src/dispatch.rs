@@ -11,7 +11,7 @@ use crate::scalar::F16Sum;
 use crate::tl1::{Tl1Matrix, tl1_pack};
 use crate::{ActsBlock, I2sMatrix, OutRows, QuantizedActs, scalar};
 
-/// What the user asked for (`--kernel auto|scalar|tl1|i2s`).
+/// What the user asked for (`--kernel`, config `kernel`); its names are [`KernelChoice::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
     /// The fastest kernel this CPU runs.
@@ -26,14 +26,69 @@ pub enum KernelChoice {
 }
 
 impl KernelChoice {
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "auto" => Self::Auto,
-            "scalar" => Self::Scalar,
-            "tl1" => Self::Tl1,
-            "i2s" => Self::I2s,
-            _ => return None,
-        })
+    /// Every choice, in the order the messages list them.
+    pub const ALL: [KernelChoice; 4] = [Self::Auto, Self::Scalar, Self::Tl1, Self::I2s];
+
+    /// The name the user types: the one place the names are written.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Scalar => "scalar",
+            Self::Tl1 => "tl1",
+            Self::I2s => "i2s",
+        }
+    }
+}
+
+impl fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = UnknownKernel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| UnknownKernel(s.to_owned()))
+    }
+}
+
+/// A kernel name that is none of [`KernelChoice::ALL`]; holds what was typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKernel(pub String);
+
+impl fmt::Display for UnknownKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = KernelChoice::ALL.map(KernelChoice::name);
+        let (last, rest) = names.split_last().expect("choices");
+        write!(
+            f,
+            "unknown kernel {:?}: expected {} or {last}",
+            self.0,
+            rest.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownKernel {}
+
+/// Through the names, so that a config file reads as the command line does.
+#[cfg(feature = "serde")]
+impl serde::Serialize for KernelChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for KernelChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -65,7 +120,7 @@ impl fmt::Display for NoSuchKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "--kernel {:?}: this CPU has no such kernel (I2_S SIMD needs AVX2 on x86-64 or \
+            "--kernel {}: this CPU has no such kernel (I2_S SIMD needs AVX2 on x86-64 or \
              dot-product on aarch64); use auto, scalar or tl1",
             self.0
         )
@@ -288,8 +343,28 @@ mod tests {
             Ok(i2s) => assert_eq!(auto, i2s),
             Err(e) => assert!(e.to_string().contains("no such kernel")),
         }
-        assert_eq!(KernelChoice::from_name("tl1"), Some(KernelChoice::Tl1));
-        assert_eq!(KernelChoice::from_name("fast"), None);
+    }
+
+    #[test]
+    fn choices_parse_from_the_names_they_print() {
+        for choice in KernelChoice::ALL {
+            assert_eq!(choice.to_string().parse(), Ok(choice));
+        }
+        assert_eq!("tl1".parse(), Ok(KernelChoice::Tl1));
+        assert_eq!(KernelChoice::default().to_string(), "auto");
+        let e = "fast".parse::<KernelChoice>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown kernel \"fast\": expected auto, scalar, tl1 or i2s"
+        );
+        // Names are exact, as the config and the command line have always read them.
+        assert!("I2S".parse::<KernelChoice>().is_err());
+    }
+
+    #[test]
+    fn no_such_kernel_names_the_choice_as_typed() {
+        let e = NoSuchKernel(KernelChoice::I2s).to_string();
+        assert!(e.starts_with("--kernel i2s: "), "{e}");
     }
 
     #[test]

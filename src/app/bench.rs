@@ -29,7 +29,7 @@ pub struct BenchArgs {
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: usize,
     #[command(flatten)]
-    pub compute: common::ComputeArgs,
+    pub options: common::ModelOptions,
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub reps: u64,
@@ -56,12 +56,9 @@ struct Report {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let pool = args.compute.pool()?;
+    args.options.apply(&mut model)?;
     let probe = bench::BandwidthProbe::new(BANDWIDTH_BYTES);
-    let memory_read = probe.measure(&pool, BANDWIDTH_TRIES);
-    model.set_pool(pool);
-    model.set_kernel(common::select_kernel(&args.compute.kernel)?);
-    model.set_head(args.compute.head)?;
+    let memory_read = probe.measure(model.pool(), BANDWIDTH_TRIES);
     let cfg = BenchConfig {
         n_prompt: args.n_prompt,
         n_gen: args.n_gen,
@@ -75,7 +72,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         model_size: model.gguf.file_len(),
         model_n_params: bench::n_params(&model),
         backend: "CPU",
-        n_threads: args.compute.threads,
+        n_threads: args.options.threads,
         bytes_per_token: bench::bytes_per_token(&model),
         memory_read_gib_s: memory_read / GIB,
         results,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 
 use crate::compute::Pool;
@@ -31,9 +31,11 @@ pub fn load(path: &Path, pretokenizer: Option<&str>) -> anyhow::Result<Loaded> {
     })
 }
 
-/// How a command computes: threads, the cores they run on, the ternary kernel.
-#[derive(Debug, clap::Args)]
-pub struct ComputeArgs {
+/// How a model computes: threads, the cores they run on, the ternary kernel and the output
+/// projection. `run`, `bench` and `perplexity` take it from their flags; `serve` builds it
+/// from the config with its flags on top.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelOptions {
     /// Compute threads.
     #[arg(short = 't', long = "threads", default_value_t = 2)]
     pub threads: usize,
@@ -41,33 +43,29 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
     /// Ternary kernel: auto, scalar, tl1 or i2s.
-    #[arg(long, default_value = "auto")]
-    pub kernel: String,
+    #[arg(long, default_value_t)]
+    pub kernel: KernelChoice,
     /// Output projection: as the file stores it, or an 8-bit copy (faster decoding;
     /// logits move by about 1e-2).
-    #[arg(long, value_enum, default_value = "file")]
+    #[arg(long, default_value_t)]
     pub head: HeadChoice,
 }
 
-impl ComputeArgs {
-    pub fn pool(&self) -> anyhow::Result<Pool> {
-        Ok(Pool::new(self.threads, self.cores.as_deref())?)
-    }
-
-    /// Puts `model` on these threads with this kernel.
+impl ModelOptions {
+    /// Puts `model` on these threads with this kernel and output projection.
     pub fn apply(&self, model: &mut Model) -> anyhow::Result<()> {
-        model.set_pool(self.pool()?);
-        model.set_kernel(select_kernel(&self.kernel)?);
-        model.set_head(self.head)?;
+        model.set_pool(Pool::new(self.threads, self.cores.as_deref())?);
+        model.set_kernel(select_kernel(self.kernel)?);
+        model
+            .set_head(self.head)
+            .with_context(|| format!("head {}", self.head))?;
         Ok(())
     }
 }
 
-/// The kernel named by `--kernel auto|scalar|tl1|i2s`, checked against the scalar
-/// reference on this CPU before anything runs on it.
-pub fn select_kernel(name: &str) -> anyhow::Result<Kernel> {
-    let choice = KernelChoice::from_name(name)
-        .ok_or_else(|| anyhow!("kernel {name:?}: expected auto, scalar, tl1 or i2s"))?;
+/// The kernel `choice` resolves to, checked against the scalar reference on this CPU
+/// before anything runs on it.
+pub fn select_kernel(choice: KernelChoice) -> anyhow::Result<Kernel> {
     let kernel = Kernel::select(choice)?;
     if !kernel.self_test() {
         if choice != KernelChoice::Auto {
@@ -119,4 +117,28 @@ pub fn parse_args<A: clap::Args>(argv: &[&str]) -> Result<A, clap::Error> {
     }
 
     Cli::<A>::try_parse_from(std::iter::once("bitnetd").chain(argv.iter().copied())).map(|c| c.args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_options_parse_their_choices() {
+        let o: ModelOptions =
+            parse_args(&["--kernel", "tl1", "--head", "q8", "--cores", "2,3"]).unwrap();
+        assert_eq!(
+            (o.kernel, o.head, o.cores),
+            (KernelChoice::Tl1, HeadChoice::Q8, Some(vec![2, 3]))
+        );
+        let o: ModelOptions = parse_args(&[]).unwrap();
+        assert_eq!((o.kernel, o.head), (KernelChoice::Auto, HeadChoice::File));
+        let e = parse_args::<ModelOptions>(&["--kernel", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown kernel \"fast\": expected auto, scalar, tl1 or i2s"),
+            "{e}"
+        );
+    }
 }

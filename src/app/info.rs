@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bitnet_kernels::dispatch::KernelChoice;
 
 use super::common;
 use crate::gguf::Gguf;
@@ -67,7 +68,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         tokenizer.eot(),
         tokenizer.add_bos()
     );
-    match super::common::select_kernel("auto") {
+    match super::common::select_kernel(KernelChoice::Auto) {
         Ok(kernel) => println!("kernel:        {} (auto on this CPU)", kernel.name()),
         Err(e) => println!("kernel:        none usable: {e}"),
     }

@@ -26,7 +26,7 @@ pub struct PerplexityArgs {
     #[arg(long, value_name = "NAME")]
     pub pretokenizer: Option<String>,
     #[command(flatten)]
-    pub compute: common::ComputeArgs,
+    pub options: common::ModelOptions,
 }
 
 /// The result of scoring a text.
@@ -42,7 +42,7 @@ pub struct Perplexity {
 pub fn run(args: &PerplexityArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut loaded = common::load(&path, args.pretokenizer.as_deref())?;
-    args.compute.apply(&mut loaded.model)?;
+    args.options.apply(&mut loaded.model)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let tokens = loaded.tokenizer.encode(&text, true, false)?;

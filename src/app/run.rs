@@ -40,7 +40,7 @@ pub struct RunArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n_predict: usize,
     #[command(flatten)]
-    pub compute: common::ComputeArgs,
+    pub options: common::ModelOptions,
     /// Sampling temperature; 0 is greedy.
     #[arg(long = "temp", default_value_t = 0.8)]
     pub temp: f32,
@@ -91,7 +91,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path = common::model_path(args.model.as_deref())?;
     let mut loaded = common::load(&path, args.pretokenizer.as_deref())?;
     eprintln!("load time = {:.2} ms", loaded.load_time.as_secs_f64() * 1e3);
-    args.compute.apply(&mut loaded.model)?;
+    args.options.apply(&mut loaded.model)?;
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match args.ctx_size {
         0 => n_ctx_train,

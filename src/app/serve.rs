@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::ValueEnum;
 
 use super::common;
 use crate::chat::ChatTemplate;
@@ -32,9 +31,12 @@ pub struct ServeArgs {
     /// Compute threads (overrides `threads`).
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    /// Pin the compute threads to these cores, e.g. 2,3 (overrides `cores`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
     /// Output projection: file or q8 (overrides `head`).
-    #[arg(long, value_name = "HEAD", value_parser = ["file", "q8"])]
-    pub head: Option<String>,
+    #[arg(long, value_name = "HEAD")]
+    pub head: Option<HeadChoice>,
     /// Evaluate every prompt from its start (sets `prefix_cache = false`).
     #[arg(long)]
     pub no_prefix_cache: bool,
@@ -105,8 +107,11 @@ pub fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(t) = args.threads {
         config.threads = t;
     }
-    if let Some(h) = &args.head {
-        config.head = h.clone();
+    if let Some(c) = &args.cores {
+        config.cores = Some(c.clone());
+    }
+    if let Some(h) = args.head {
+        config.head = h;
     }
     if args.no_prefix_cache {
         config.prefix_cache = false;
@@ -234,24 +239,25 @@ fn load(
         path.display(),
         loaded.load_time.as_secs_f64() * 1e3
     );
-    let kernel = common::select_kernel(&config.kernel)?;
-    loaded.model.set_kernel(kernel);
-    // `config.head` is checked already: "file" or "q8".
-    let head = HeadChoice::from_str(&config.head, false).map_err(anyhow::Error::msg)?;
-    loaded
-        .model
-        .set_head(head)
-        .with_context(|| format!("config key `head` = {:?}", config.head))?;
-    let (head, _) = loaded.model.head();
     let sysfs = crate::power::SysRoot::new(&config.power.sysfs_root);
-    let threads = match config.threads {
-        0 => crate::power::daemon::one_per_fast_core(&sysfs),
-        n => n,
+    let options = common::ModelOptions {
+        threads: match config.threads {
+            0 => crate::power::daemon::one_per_fast_core(&sysfs, config.cores.as_deref()),
+            n => n,
+        },
+        cores: config.cores.clone(),
+        kernel: config.kernel,
+        head: config.head,
     };
-    loaded
-        .model
-        .set_pool(crate::compute::Pool::new(threads, None)?);
-    let power = crate::power::daemon::start(config.power.settings(), sysfs, &mut loaded.model);
+    options.apply(&mut loaded.model)?;
+    let kernel = loaded.model.kernel();
+    let (head, _) = loaded.model.head();
+    let power = crate::power::daemon::start(
+        config.power.settings(),
+        sysfs,
+        options.cores.clone(),
+        &mut loaded.model,
+    );
     let n_ctx_train = loaded.model.hparams.n_ctx_train;
     let n_ctx = match config.ctx_size {
         0 => n_ctx_train,
@@ -263,7 +269,7 @@ fn load(
         model,
         kernel: kernel.name().into(),
         head,
-        threads,
+        threads: options.threads,
         n_ctx,
         power: Some(power),
     };
@@ -283,6 +289,7 @@ fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitnet_kernels::dispatch::KernelChoice;
 
     #[test]
     fn broker_addresses_parse() {
@@ -295,6 +302,31 @@ mod tests {
         for bad in ["", ":1883", "host:0", "host:x", "[::1", "[::1]1883"] {
             assert!(broker(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn flags_override_the_configured_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bitnetd.toml");
+        std::fs::write(&file, "cores = [0]\nkernel = \"scalar\"\nhead = \"file\"\n").unwrap();
+        let file = file.to_str().unwrap();
+        let serve = |flags: &[&str]| {
+            let args: ServeArgs = common::parse_args(&[&["--config", file], flags].concat())?;
+            config(&args)
+        };
+        let c = serve(&["--cores", "2,3", "--head", "q8"]).unwrap();
+        assert_eq!(c.cores, Some(vec![2, 3]));
+        assert_eq!(c.head, HeadChoice::Q8);
+        assert_eq!(c.kernel, KernelChoice::Scalar);
+        assert_eq!(serve(&[]).unwrap().cores, Some(vec![0]));
+        // The flags are validated as the config keys are.
+        let e = serve(&["--cores", "2,2"]).unwrap_err().to_string();
+        assert!(e.contains("`cores`"), "{e}");
+        let e = serve(&["--head", "q4"]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown head \"q4\": expected file or q8"),
+            "{e}"
+        );
     }
 
     #[test]

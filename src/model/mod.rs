@@ -74,14 +74,52 @@ pub struct Model {
     head_q8: Option<Q8Matrix>,
 }
 
-/// The precision of the output projection (the tied embedding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The precision of the output projection (the tied embedding): `--head`, config `head`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HeadChoice {
     /// As the file stores it.
+    #[default]
     File,
     /// An 8-bit (Q8_0) copy made at load (from F16 or Q6_K): 56% of the F16 head's bytes
     /// per token.
     Q8,
+}
+
+impl HeadChoice {
+    pub const ALL: [HeadChoice; 2] = [Self::File, Self::Q8];
+
+    /// The name the user types.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Q8 => "q8",
+        }
+    }
+}
+
+impl std::fmt::Display for HeadChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for HeadChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown head {s:?}: expected file or q8"))
+    }
+}
+
+/// Through the names, so that the config reads as the command line does.
+impl<'de> serde::Deserialize<'de> for HeadChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Model {
@@ -216,5 +254,22 @@ impl Model {
     /// A new session with room for `n_ctx` tokens (at most the trained context).
     pub fn session(&self, n_ctx: usize) -> Session {
         Session::new(&self.hparams, n_ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadChoice;
+
+    #[test]
+    fn head_choices_parse_from_the_names_they_print() {
+        for choice in HeadChoice::ALL {
+            assert_eq!(choice.to_string().parse(), Ok(choice));
+        }
+        assert_eq!(HeadChoice::default().to_string(), "file");
+        assert_eq!(
+            "q4".parse::<HeadChoice>(),
+            Err("unknown head \"q4\": expected file or q8".into())
+        );
     }
 }

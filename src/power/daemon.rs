@@ -104,11 +104,18 @@ impl Monitor {
 }
 
 /// Calibrates (balanced and powersave), makes the first decision, and starts the governor
-/// thread. The model's pool must already have its threads.
-pub fn start(settings: Settings, root: SysRoot, model: &mut Model) -> Arc<Monitor> {
+/// thread. The model's pool must already have its threads. With `within` (config `cores`),
+/// the policy sees only those cores: it still picks how many threads run, and places them
+/// on the fastest of them.
+pub fn start(
+    settings: Settings,
+    root: SysRoot,
+    within: Option<Vec<usize>>,
+    model: &mut Model,
+) -> Arc<Monitor> {
     let plan = model.pool().plan_handle();
     let max_threads = model.pool().capacity();
-    let machine = Machine::read(&root);
+    let machine = read_within(&root, within.as_deref());
     let mut governor = Governor::new(settings, max_threads);
     let fast = machine.fast_cores();
     if machine.cpus.is_empty() {
@@ -172,7 +179,7 @@ pub fn start(settings: Settings, root: SysRoot, model: &mut Model) -> Arc<Monito
             let mut last = decision;
             loop {
                 std::thread::sleep(INTERVAL);
-                let machine = Machine::read(&root);
+                let machine = read_within(&root, within.as_deref());
                 let decision = governor.decide(&machine, epoch.elapsed());
                 apply(&plan, &decision, Some(&last));
                 shared.observe(&decision, &machine);
@@ -254,14 +261,27 @@ pub fn status_of(d: &Decision, m: &Machine) -> PowerStatus {
     }
 }
 
-/// The pool size for `threads = 0`: one thread per fast core this process may use (every
-/// core it may use when sysfs shows none).
-pub fn one_per_fast_core(root: &SysRoot) -> usize {
-    let fast = allowed_subset(&Machine::read(root).fast_cores());
+/// The pool size for `threads = 0`: one thread per fast core this process may use, of
+/// `within` when set (when sysfs shows none: one per core of `within`, else per core it
+/// may use).
+pub fn one_per_fast_core(root: &SysRoot, within: Option<&[usize]>) -> usize {
+    let fast = allowed_subset(&read_within(root, within).fast_cores());
     if !fast.is_empty() {
         return fast.len();
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    match within {
+        Some(cores) => cores.len(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// The machine as the policy may use it: only the cores of `within` when set.
+fn read_within(root: &SysRoot, within: Option<&[usize]>) -> Machine {
+    let mut machine = Machine::read(root);
+    if let Some(cores) = within {
+        machine.cpus.retain(|cpu| cores.contains(&cpu.id));
+    }
+    machine
 }
 
 /// The cores of `cores` this process may run on.
@@ -273,5 +293,26 @@ fn allowed_subset(cores: &[usize]) -> Vec<usize> {
             .filter(|c| ids.iter().any(|id| id.id == *c))
             .collect(),
         None => cores.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_cores_narrow_what_the_policy_sees() {
+        // Two slow cores (0, 1) and two fast ones (2, 3).
+        let dir = tempfile::tempdir().unwrap();
+        for (id, capacity) in [(0, 512), (1, 512), (2, 1024), (3, 1024)] {
+            let cpu = dir.path().join(format!("sys/devices/system/cpu/cpu{id}"));
+            std::fs::create_dir_all(&cpu).unwrap();
+            std::fs::write(cpu.join("cpu_capacity"), format!("{capacity}\n")).unwrap();
+        }
+        let root = SysRoot::new(dir.path());
+        assert_eq!(read_within(&root, None).fast_cores(), [2, 3]);
+        // Within the slow cores, they are the fastest there are.
+        assert_eq!(read_within(&root, Some(&[1, 0])).fast_cores(), [0, 1]);
+        assert_eq!(read_within(&root, Some(&[1, 3])).fast_cores(), [3]);
     }
 }
