@@ -1,14 +1,19 @@
 //! A BitNet b1.58 model: hyper-parameters, weights bound in the mapped file, and the
 //! forward pass over a [`Session`] (KV cache).
 
+mod attention;
 mod forward;
 mod hparams;
+mod ops;
+mod session;
+mod split;
 mod weights;
 
 use std::path::Path;
 
-pub use forward::{Logits, Session};
+pub use forward::Logits;
 pub use hparams::{Arch, HParams};
+pub use session::Session;
 pub use weights::{Embedding, Layer, Ternary, Weights};
 
 use bitnet_kernels::dispatch::Kernel;
