@@ -195,6 +195,23 @@ struct Shared {
     info: Arc<ServerInfo>,
 }
 
+impl Shared {
+    /// Counts a job that never reaches the engine, and writes its one log line.
+    fn refused(&self, job: &Job, code: ErrorCode, message: &str) {
+        self.stats
+            .metrics
+            .record(RequestEnd::refused(job.transport));
+        log::info!(
+            "request {} via {}: 0 prompt tokens, 0 completion tokens, \
+             finish error ({}: {message}); {}",
+            Escaped(&job.request.id),
+            job.transport,
+            code.as_str(),
+            job.client,
+        );
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Clients with waiting jobs, in the order they will be served.
@@ -273,18 +290,7 @@ impl Queue {
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         let shared = &self.shared;
         if let Some((code, message)) = shared.info.refusal() {
-            log::info!(
-                "request {} via {}: 0 prompt tokens, 0 completion tokens, \
-                 finish error ({}: {message}); {}",
-                Escaped(&job.request.id),
-                job.transport,
-                code.as_str(),
-                job.client,
-            );
-            shared
-                .stats
-                .metrics
-                .record(RequestEnd::refused(job.transport));
+            shared.refused(&job, code, &message);
             let id = job.request.id.clone();
             // A closed channel means the client went away.
             let _ = job.events.send(Event::error(Some(id), code, message));
@@ -314,20 +320,8 @@ impl Queue {
         };
         let (SubmitError::Full(job) | SubmitError::ClientFull(job) | SubmitError::Closed(job)) =
             &refused;
-        // The request's one log line: it never reaches the engine.
         let (code, message) = refused.answer();
-        shared
-            .stats
-            .metrics
-            .record(RequestEnd::refused(job.transport));
-        log::info!(
-            "request {} via {}: 0 prompt tokens, 0 completion tokens, \
-             finish error ({}: {message}); {}",
-            Escaped(&job.request.id),
-            job.transport,
-            code.as_str(),
-            job.client,
-        );
+        shared.refused(job, code, message);
         Err(refused)
     }
 

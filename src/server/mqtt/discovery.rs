@@ -603,21 +603,10 @@ mod tests {
 
     fn status() -> Status {
         Status {
-            model_state: "ready",
-            message: None,
-            model: "m.gguf".into(),
-            kernel: "i2s".into(),
-            head: "f16".into(),
-            threads: 2,
-            n_ctx: 512,
             queue_depth: 1,
-            queue_capacity: 8,
             busy: true,
-            requests: 5,
             tokens_per_s: 12.3456,
-            uptime_s: 9,
-            mqtt: None,
-            power: None,
+            ..crate::server::protocol::event::example_status()
         }
     }
 

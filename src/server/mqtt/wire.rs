@@ -242,23 +242,7 @@ mod tests {
     fn status_payloads_share_one_shape() {
         let off: Value = serde_json::from_slice(&offline("pi1")).unwrap();
         assert_eq!(off, json!({"state": "offline", "node": "pi1"}));
-        let status = Status {
-            model_state: "ready",
-            message: None,
-            model: "m.gguf".into(),
-            kernel: "i2s".into(),
-            head: "f16".into(),
-            threads: 2,
-            n_ctx: 512,
-            queue_depth: 0,
-            queue_capacity: 8,
-            busy: false,
-            requests: 5,
-            tokens_per_s: 1.5,
-            uptime_s: 9,
-            mqtt: None,
-            power: None,
-        };
+        let status = crate::server::protocol::event::example_status();
         let on: Value = serde_json::from_slice(&online("pi1", status)).unwrap();
         assert_eq!(on["state"], "online");
         assert_eq!(on["node"], "pi1");
