@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use bitnet_kernels::scalar::{self, F16Sum};
-use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout};
+use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, i2s};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 
@@ -25,7 +25,7 @@ fn lcg(seed: u64) -> impl FnMut() -> u64 {
 fn ternary_codes(rows: usize, cols: usize) -> Vec<u8> {
     let mut next = lcg(1);
     let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-    layout::encode_i2s(&w).unwrap()
+    i2s::encode_i2s(&w).unwrap()
 }
 
 fn activations(n_tokens: usize, k: usize) -> QuantizedActs {

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use bitnet_kernels::layout::decode_i2s;
+use bitnet_kernels::i2s::decode_i2s;
 use bitnet_kernels::scalar::dequantize_q8_0;
 use bitnetd::gguf::{GgmlType, Gguf, Value};
 use bitnetd::model::{Logits, Model};

@@ -173,7 +173,7 @@ impl Kernel {
             x
         };
         let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-        let codes = crate::layout::encode_i2s(&w).expect("ternary");
+        let codes = crate::i2s::encode_i2s(&w).expect("ternary");
         let m = I2sMatrix {
             codes: &codes,
             rows,
@@ -404,7 +404,7 @@ mod tests {
         let w: Vec<i8> = (0..rows * cols)
             .map(|i| ((i * 7 + i / 5) % 3) as i8 - 1)
             .collect();
-        let codes = crate::layout::encode_i2s(&w).unwrap();
+        let codes = crate::i2s::encode_i2s(&w).unwrap();
         let m = I2sMatrix {
             codes: &codes,
             rows,

@@ -21,7 +21,7 @@ pub mod broadcast;
 pub mod dispatch;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod f16_drive;
-pub mod layout;
+pub mod i2s;
 pub mod q8;
 pub mod rows;
 pub mod scalar;
@@ -34,7 +34,7 @@ pub use rows::{OutRows, RowsOut};
 /// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
 #[derive(Clone, Copy)]
 pub struct I2sMatrix<'a> {
-    /// `rows * cols / 4` bytes of 2-bit codes (see [`layout`]).
+    /// `rows * cols / 4` bytes of 2-bit codes (see [`i2s`]).
     pub codes: &'a [u8],
     pub rows: usize,
     pub cols: usize,

@@ -4,7 +4,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
 use crate::q8::Q8Matrix;
 use crate::rows::OutRows;
 use crate::{ActsBlock, I2sMatrix, QuantizedActs};
@@ -427,7 +427,7 @@ pub(crate) fn pack_q6_k(q: &[u8; Q6_K_BLOCK], scales: &[i8; 16], d: f16) -> [u8;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{decode_i2s, encode_i2s};
+    use crate::i2s::{decode_i2s, encode_i2s};
 
     #[test]
     fn quantize_rounds_half_to_even_and_clamps() {

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{I2sTile, i2s_drive};
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// Blocks summed in i16 before widening. With codes ≤ 2 and q ∈ [-128, 127] a

@@ -24,7 +24,7 @@ pub use quantize_avx2::quantize_block_avx2;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// Whether [`i2s_matmul_avx2`], [`q8_matmul_avx2`] and [`quantize_block_avx2`] may run

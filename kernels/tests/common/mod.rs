@@ -5,7 +5,7 @@
 use std::fmt::Display;
 use std::ops::Range;
 
-use bitnet_kernels::layout::encode_i2s;
+use bitnet_kernels::i2s::encode_i2s;
 use bitnet_kernels::scalar::{self, F16Sum, i2s_matmul};
 use bitnet_kernels::{ActsBlock, I2sMatrix, OutRows, QuantizedActs};
 use half::f16;
