@@ -21,6 +21,7 @@ pub mod broadcast;
 pub mod dispatch;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod f16_drive;
+pub mod formats;
 pub mod i2s;
 pub mod q8;
 pub mod rows;

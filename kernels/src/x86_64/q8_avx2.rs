@@ -4,11 +4,9 @@
 
 use std::arch::x86_64::*;
 
-use half::f16;
-
 use crate::OutRows;
+use crate::formats::{Q8_0_BLOCK, Q8_0_BYTES, q8_0_blocks};
 use crate::q8::{Q8_GROUP, Q8Matrix};
-use crate::scalar::{Q8_0_BLOCK, Q8_0_BYTES};
 
 /// [`crate::scalar::q8_matmul`] with AVX2, bit-for-bit equal. Call only when
 /// [`super::i2s_avx2_available`] is true.
@@ -41,6 +39,7 @@ const PREFETCH_BYTES: usize = 4096;
 unsafe fn group_dot(w: &Q8Matrix, g: usize, x: &[u8]) -> [f32; Q8_GROUP] {
     let blocks = w.cols() / Q8_0_BLOCK;
     assert!(x.len() == blocks * Q8_0_BYTES);
+    let x = q8_0_blocks(x);
     let (qs, scales) = w.group(g);
     assert!(qs.len() == blocks * Q8_GROUP * Q8_0_BLOCK && scales.len() == blocks * Q8_GROUP);
     let ones = _mm256_set1_epi16(1);
@@ -55,10 +54,9 @@ unsafe fn group_dot(w: &Q8Matrix, g: usize, x: &[u8]) -> [f32; Q8_GROUP] {
         // The scales stream is an eighth of the values'.
         let sb_ahead = sb.as_ptr().cast::<u8>().wrapping_add(PREFETCH_BYTES / 8);
         _mm_prefetch::<_MM_HINT_T0>(sb_ahead.cast());
-        let xb = &x[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-        let dx = _mm256_set1_ps(f16::from_le_bytes([xb[0], xb[1]]).to_f32());
-        // SAFETY: xb holds 2 + 32 bytes.
-        let xv = unsafe { _mm256_loadu_si256(xb.as_ptr().add(2).cast()) };
+        let dx = _mm256_set1_ps(x[b].d().to_f32());
+        // SAFETY: the block's values are 32 bytes.
+        let xv = unsafe { _mm256_loadu_si256(x[b].qs.as_ptr().cast()) };
         let mut s = [_mm256_setzero_si256(); Q8_GROUP];
         for (i, s) in s.iter_mut().enumerate() {
             // SAFETY: wb holds Q8_GROUP rows of 32 bytes.
