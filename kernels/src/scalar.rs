@@ -8,7 +8,7 @@ use crate::formats::{Q8_0_BLOCK, Q8_0_BYTES, q8_0_blocks};
 use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
 use crate::q8::Q8Matrix;
 use crate::rows::OutRows;
-use crate::{ActsBlock, I2sMatrix, QuantizedActs};
+use crate::{ActsBlock, F16Matrix, I2sMatrix, QuantizedActs};
 
 // The model code calls these as `scalar::…`; their home is `formats`.
 pub use crate::formats::{dequantize_q6_k, dequantize_q8_0, quantize_q8_0};
@@ -163,22 +163,21 @@ pub fn dot_f32(w: &[f32], x: &[f32], sum: F16Sum) -> f32 {
     sum.total(&lanes[..n], tail)
 }
 
-/// `out[t][r] = W[r] · x[t]` for the rows `out.rows()` of an F16 matrix of `cols`
-/// columns, summed as `sum` says. `x` holds the tokens' f32 activations; `scratch` is
-/// reused.
+/// `out[t][r] = W[r] · x[t]` for the rows `out.rows()` of an F16 matrix, summed as `sum`
+/// says. `x` holds the tokens' f32 activations, `w.cols()` each; `scratch` is reused.
 pub fn f16_matmul(
-    w: &[f16],
-    cols: usize,
+    w: &F16Matrix,
     x: &[f32],
     sum: F16Sum,
     out: &mut OutRows,
     scratch: &mut Vec<f32>,
 ) {
+    let cols = w.cols();
     let n_tokens = x.len() / cols;
     scratch.resize(cols, 0.0);
     let start = out.rows().start;
     for r in out.rows() {
-        w[r * cols..(r + 1) * cols].convert_to_f32_slice(scratch);
+        w.row(r).convert_to_f32_slice(scratch);
         for t in 0..n_tokens {
             out.token(t)[r - start] = dot_f32(scratch, &x[t * cols..(t + 1) * cols], sum);
         }

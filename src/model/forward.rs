@@ -381,7 +381,13 @@ impl Model {
                 pool.run(&|thread| {
                     let row = &mut scratch(threads, thread).row;
                     while let Some(mut part) = logits.next_chunk() {
-                        self.kernel.f16_matmul(w, d, x, sum, &mut part, row);
+                        self.kernel.f16_matmul(
+                            &bitnet_kernels::F16Matrix::new(w, d),
+                            x,
+                            sum,
+                            &mut part,
+                            row,
+                        );
                     }
                 });
             }
@@ -819,7 +825,13 @@ fn attend_head(
         s.scores.resize(nq * padded, 0.0);
         let mut scores = OutRows::all(&mut s.scores[..nq * visible], nq, visible);
         let keys = &keys[..visible * hd];
-        kernel.f16_matmul(keys, hd, &s.q_head, F16Sum::VecDot, &mut scores, &mut s.row);
+        kernel.f16_matmul(
+            &bitnet_kernels::F16Matrix::new(keys, hd),
+            &s.q_head,
+            F16Sum::VecDot,
+            &mut scores,
+            &mut s.row,
+        );
         for q in (0..nq).rev() {
             // Rows move from stride `visible` to `padded`, the last first.
             let seen = n_past + t0 + q + 1;
@@ -846,7 +858,11 @@ fn attend_head(
             round_through_f16(&mut s.scores, &mut s.q16);
         }
         kernel.f16_matmul(
-            &s.values, padded, &s.scores, value_sum, &mut heads, &mut s.row,
+            &bitnet_kernels::F16Matrix::new(&s.values, padded),
+            &s.scores,
+            value_sum,
+            &mut heads,
+            &mut s.row,
         );
         for (t, o) in (t0..t1).zip(s.out.chunks_exact(hd)) {
             out.token(t).copy_from_slice(o);
