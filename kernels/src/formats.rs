@@ -1,13 +1,30 @@
 //! ggml's block formats that bitnetd reads and writes besides the ternary ones: Q8_0 and
 //! Q6_K, their blocks as typed structs and their reference codecs.
 //!
-//! A block's f16 scale is kept as its two little-endian bytes, as the file has it: the
-//! blocks then have alignment 1, so any byte slice of whole blocks (a tensor in the
-//! memory map, a row of it, a buffer) is viewed as blocks without a copy or a check of
-//! its address.
+//! A block's f16 scale is kept as its two little-endian bytes ([`F16Le`]), as the file
+//! has it: the blocks then have alignment 1, so any byte slice of whole blocks (a tensor
+//! in the memory map, a row of it, a buffer) is viewed as blocks without a copy or a
+//! check of its address.
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// An f16 as stored: its two bytes, little-endian.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(transparent)]
+pub struct F16Le([u8; 2]);
+
+impl F16Le {
+    pub fn get(self) -> f16 {
+        f16::from_le_bytes(self.0)
+    }
+}
+
+impl From<f16> for F16Le {
+    fn from(v: f16) -> Self {
+        Self(v.to_le_bytes())
+    }
+}
 
 /// Q8_0: blocks of 32 int8 values with one f16 scale (34 bytes).
 pub const Q8_0_BLOCK: usize = 32;
@@ -17,18 +34,11 @@ pub const Q8_0_BYTES: usize = 34;
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C)]
 pub struct BlockQ8_0 {
-    d: [u8; 2],
+    pub d: F16Le,
     pub qs: [i8; Q8_0_BLOCK],
 }
 
 const _: () = assert!(size_of::<BlockQ8_0>() == Q8_0_BYTES);
-
-impl BlockQ8_0 {
-    /// The scale.
-    pub fn d(&self) -> f16 {
-        f16::from_le_bytes(self.d)
-    }
-}
 
 /// `bytes` (whole Q8_0 blocks) as blocks.
 pub fn q8_0_blocks(bytes: &[u8]) -> &[BlockQ8_0] {
@@ -58,7 +68,7 @@ pub fn dequantize_q8_0(bytes: &[u8], out: &mut [f32]) {
         .iter()
         .zip(out.chunks_exact_mut(Q8_0_BLOCK))
     {
-        let d = block.d().to_f32();
+        let d = block.d.get().to_f32();
         for (y, &q) in y.iter_mut().zip(&block.qs) {
             *y = d * f32::from(q);
         }
@@ -80,17 +90,11 @@ pub struct BlockQ6K {
     pub qh: [u8; Q6_K_BLOCK / 4],
     /// The runs' scales, in units of `d`.
     pub scales: [i8; Q6_K_BLOCK / 16],
-    d: [u8; 2],
+    /// The super-scale.
+    pub d: F16Le,
 }
 
 const _: () = assert!(size_of::<BlockQ6K>() == Q6_K_BYTES);
-
-impl BlockQ6K {
-    /// The super-scale.
-    pub fn d(&self) -> f16 {
-        f16::from_le_bytes(self.d)
-    }
-}
 
 /// `bytes` (whole Q6_K super-blocks) as blocks.
 pub fn q6_k_blocks(bytes: &[u8]) -> &[BlockQ6K] {
@@ -103,7 +107,7 @@ pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
         .iter()
         .zip(out.chunks_exact_mut(Q6_K_BLOCK))
     {
-        let d = block.d().to_f32();
+        let d = block.d.get().to_f32();
         // Two halves of 128 values; each uses 64 low-nibble bytes, 32 high bytes, 8 scales.
         for half in 0..2 {
             let (ql, qh, sc) = (
@@ -174,7 +178,7 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
 pub(crate) fn pack_q6_k(q: &[u8; Q6_K_BLOCK], scales: &[i8; 16], d: f16) -> BlockQ6K {
     let mut block = BlockQ6K {
         scales: *scales,
-        d: d.to_le_bytes(),
+        d: d.into(),
         ..Zeroable::zeroed()
     };
     for (i, &v) in q.iter().enumerate() {
@@ -220,7 +224,7 @@ mod tests {
         let mut y = vec![1f32; x.len()];
         dequantize_q6_k(&bytes, &mut y);
         for (b, block) in q6_k_blocks(&bytes).iter().enumerate() {
-            let d = block.d().to_f32();
+            let d = block.d.get().to_f32();
             for j in 0..16 {
                 let run = 256 * b + 16 * j..256 * b + 16 * (j + 1);
                 let amax = x[run.clone()].iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -82,7 +82,7 @@ impl Q8Matrix {
         for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
             for (b, block) in q8_0_blocks(row).iter().enumerate() {
                 let (qs, scale) = m.block_mut(r, b);
-                *scale = block.d().to_f32();
+                *scale = block.d.get().to_f32();
                 for (i, (q, &v)) in qs.iter_mut().zip(&block.qs).enumerate() {
                     if v == i8::MIN {
                         let at = b * Q8_0_BYTES + offset_of!(BlockQ8_0, qs) + i;

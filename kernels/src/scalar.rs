@@ -250,23 +250,6 @@ pub fn ggml_silu(x: f32) -> f32 {
     x / (1.0 + ggml_expf(0.0 - x))
 }
 
-/// Dot product of two Q8_0 rows of equal length (bytes of whole blocks).
-pub fn q8_0_dot(a: &[u8], b: &[u8]) -> f32 {
-    let mut acc = 0f32;
-    for (ba, bb) in q8_0_blocks(a).iter().zip(q8_0_blocks(b)) {
-        let da = ba.d().to_f32();
-        let db = bb.d().to_f32();
-        let sumi: i32 = ba
-            .qs
-            .iter()
-            .zip(&bb.qs)
-            .map(|(&x, &y)| i32::from(x) * i32::from(y))
-            .sum();
-        acc += da * db * sumi as f32;
-    }
-    acc
-}
-
 /// `out[t][r] = W[r] · x[t]` for the rows of `out`, with `x8` holding each token's
 /// activations as Q8_0 blocks ([`quantize_q8_0`]).
 pub fn q8_matmul(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
@@ -281,12 +264,12 @@ pub fn q8_matmul(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
 }
 
 /// Row `r` of `w` times one token's Q8_0 activations: the blocks added up in order as
-/// `(scale_w * scale_x) * Σ w·x`, as [`q8_0_dot`] does.
+/// `(scale_w * scale_x) * Σ w·x`, as ggml's generic `ggml_vec_dot_q8_0_q8_0` does.
 pub fn q8_row_dot(w: &Q8Matrix, r: usize, x: &[u8]) -> f32 {
     let mut acc = 0f32;
     for (b, xb) in q8_0_blocks(x).iter().enumerate() {
         let (wq, scale) = w.block(r, b);
-        let dx = xb.d().to_f32();
+        let dx = xb.d.get().to_f32();
         let sumi: i32 = wq
             .iter()
             .zip(&xb.qs)
