@@ -26,6 +26,17 @@ impl From<f16> for F16Le {
     }
 }
 
+/// `bytes` as blocks of type `B` (of format `name`): alignment 1, so only the length
+/// can be wrong.
+fn blocks<'a, B: Pod>(bytes: &'a [u8], name: &str) -> &'a [B] {
+    let size = size_of::<B>();
+    assert!(
+        bytes.len().is_multiple_of(size),
+        "{name} data must be whole blocks of {size} bytes"
+    );
+    bytemuck::cast_slice(bytes)
+}
+
 /// Q8_0: blocks of 32 int8 values with one f16 scale (34 bytes).
 pub const Q8_0_BLOCK: usize = 32;
 pub const Q8_0_BYTES: usize = 34;
@@ -42,7 +53,7 @@ const _: () = assert!(size_of::<BlockQ8_0>() == Q8_0_BYTES);
 
 /// `bytes` (whole Q8_0 blocks) as blocks.
 pub fn q8_0_blocks(bytes: &[u8]) -> &[BlockQ8_0] {
-    bytemuck::cast_slice(bytes)
+    blocks(bytes, "Q8_0")
 }
 
 /// Quantizes activations to Q8_0 as ggml's x86 path does (scale 127/amax, round half
@@ -53,12 +64,11 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
         let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend(
-            block
-                .iter()
-                .map(|&v| (v * id).round_ties_even() as i8 as u8),
-        );
+        let block = BlockQ8_0 {
+            d: f16::from_f32(d).into(),
+            qs: std::array::from_fn(|i| (block[i] * id).round_ties_even() as i8),
+        };
+        out.extend_from_slice(bytemuck::bytes_of(&block));
     }
 }
 
@@ -98,7 +108,7 @@ const _: () = assert!(size_of::<BlockQ6K>() == Q6_K_BYTES);
 
 /// `bytes` (whole Q6_K super-blocks) as blocks.
 pub fn q6_k_blocks(bytes: &[u8]) -> &[BlockQ6K] {
-    bytemuck::cast_slice(bytes)
+    blocks(bytes, "Q6_K")
 }
 
 /// Dequantizes one Q6_K row.
