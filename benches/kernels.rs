@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use bitnet_kernels::scalar::{self, F16Sum};
-use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, layout};
+use bitnet_kernels::{F16Matrix, I2sMatrix, OutRows, QuantizedActs, i2s};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 
@@ -25,7 +25,7 @@ fn lcg(seed: u64) -> impl FnMut() -> u64 {
 fn ternary_codes(rows: usize, cols: usize) -> Vec<u8> {
     let mut next = lcg(1);
     let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-    layout::encode_i2s(&w).unwrap()
+    i2s::encode_i2s(&w).unwrap()
 }
 
 fn activations(n_tokens: usize, k: usize) -> QuantizedActs {
@@ -89,7 +89,7 @@ fn i2s_matmul(c: &mut Criterion) {
     }
 }
 
-type F16Kernel = fn(&[f16], usize, &[f32], F16Sum, &mut OutRows, &mut Vec<f32>);
+type F16Kernel = fn(&F16Matrix, &[f32], F16Sum, &mut OutRows, &mut Vec<f32>);
 
 /// The tied output projection for one token: 2B-4T's (vocab 50257 x 2560, F16) and
 /// the tiny model's (50257 x 256, which fits in L3).
@@ -117,8 +117,7 @@ fn f16_head(c: &mut Criterion) {
                 b.iter(|| {
                     let mut out = OutRows::all(&mut out, 1, rows);
                     kernel(
-                        black_box(&w),
-                        cols,
+                        black_box(&F16Matrix::new(&w, cols)),
                         &x,
                         F16Sum::VecDot,
                         &mut out,

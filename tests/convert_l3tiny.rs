@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use bitnet_kernels::layout::decode_i2s;
-use bitnet_kernels::scalar::dequantize_q8_0;
+use bitnet_kernels::formats::dequantize_q8_0;
+use bitnet_kernels::i2s::decode_i2s;
 use bitnetd::gguf::{GgmlType, Gguf, Value};
 use bitnetd::model::{Logits, Model};
 use checkpoint::{StTensor, pack, write_safetensors};

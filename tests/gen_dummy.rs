@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use bitnet_kernels::layout::{decode_i2s, i2s_code_bytes};
+use bitnet_kernels::i2s::{decode_i2s, i2s_code_bytes};
 use bitnetd::dummy::{
     self, BUILTIN_VOCAB, DEMO_FILE_NAME, DummySpec, END_OF_TEXT, EmbeddingType, ModelSize,
     TernarySampler, ternary_scale,

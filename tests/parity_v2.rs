@@ -444,39 +444,22 @@ fn a_4000_token_prompt_runs_in_run_and_serve() {
         peak_kb / 1024
     );
 
-    let (socket, config) = (dir.path().join("s.sock"), dir.path().join("c.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "model = {:?}\nthreads = 2\nctx_size = 4096\n[limits]\nmax_prompt_tokens = 4096\n\
-             request_timeout_secs = 0\n[socket]\npath = {:?}\n",
-            model.display().to_string(),
-            socket.display().to_string()
-        ),
-    )
-    .unwrap();
+    let top = format!(
+        "model = {:?}\nthreads = 2\nctx_size = 4096\n[limits]\nmax_prompt_tokens = 4096\n\
+         request_timeout_secs = 0\n",
+        model.display().to_string()
+    );
     let started = Instant::now();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !socket.exists() {
-        assert!(serve.try_wait().unwrap().is_none(), "serve exited early");
-        assert!(started.elapsed() < daemon::PATIENCE, "no socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut client = daemon::Client::new(&socket);
+    let mut serve = daemon::Daemon::spawn(&top, &[], &[("RUST_LOG", "warn")]);
+    // The model is still loading until READY=1 (requests get "loading" before).
+    serve.wait_ready();
+    let mut client = serve.connect();
     // The prompt takes minutes before the first event.
     client.writer.set_read_timeout(None).unwrap();
     client.send(&daemon::request("long", &text, 4));
     let (_, done) = client.finish("long");
-    let peak = peak_rss_kb(serve.id()).unwrap();
-    let _ = serve.kill();
-    let _ = serve.wait();
+    let peak = peak_rss_kb(serve.child.id()).unwrap();
+    drop(serve);
     assert_eq!(done["finish_reason"], "length", "{done}");
     let prompt_tokens = done["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
     assert!(prompt_tokens >= 4000, "{done}");

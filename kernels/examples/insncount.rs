@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use bitnet_kernels::layout::encode_i2s;
+use bitnet_kernels::i2s::encode_i2s;
 use bitnet_kernels::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 const N: usize = 2560;

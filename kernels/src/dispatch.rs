@@ -9,7 +9,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::q8::Q8Matrix;
 use crate::scalar::F16Sum;
 use crate::tl1::{Tl1Matrix, tl1_pack};
-use crate::{ActsBlock, I2sMatrix, OutRows, QuantizedActs, scalar};
+use crate::{ActsBlock, F16Matrix, I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// What the user asked for (`--kernel`, config `kernel`); its names are [`KernelChoice::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,7 +173,7 @@ impl Kernel {
             x
         };
         let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-        let codes = crate::layout::encode_i2s(&w).expect("ternary");
+        let codes = crate::i2s::encode_i2s(&w).expect("ternary");
         let m = I2sMatrix {
             codes: &codes,
             rows,
@@ -278,8 +278,7 @@ impl Kernel {
     /// path).
     pub fn f16_matmul(
         self,
-        w: &[f16],
-        cols: usize,
+        w: &F16Matrix,
         x: &[f32],
         sum: F16Sum,
         out: &mut OutRows,
@@ -287,13 +286,13 @@ impl Kernel {
     ) {
         #[cfg(target_arch = "x86_64")]
         if self != Kernel::Scalar && crate::x86_64::f16_avx2_available() {
-            return crate::x86_64::f16_matmul_avx2(w, cols, x, sum, out, scratch);
+            return crate::x86_64::f16_matmul_avx2(w, x, sum, out, scratch);
         }
         #[cfg(target_arch = "aarch64")]
         if self != Kernel::Scalar {
-            return crate::aarch64::f16_matmul_neon(w, cols, x, sum, out, scratch);
+            return crate::aarch64::f16_matmul_neon(w, x, sum, out, scratch);
         }
-        scalar::f16_matmul(w, cols, x, sum, out, scratch)
+        scalar::f16_matmul(w, x, sum, out, scratch)
     }
 }
 
@@ -404,7 +403,7 @@ mod tests {
         let w: Vec<i8> = (0..rows * cols)
             .map(|i| ((i * 7 + i / 5) % 3) as i8 - 1)
             .collect();
-        let codes = crate::layout::encode_i2s(&w).unwrap();
+        let codes = crate::i2s::encode_i2s(&w).unwrap();
         let m = I2sMatrix {
             codes: &codes,
             rows,

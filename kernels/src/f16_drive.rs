@@ -4,8 +4,8 @@
 
 use half::f16;
 
-use crate::OutRows;
 use crate::scalar::F16Sum;
+use crate::{F16Matrix, OutRows};
 
 /// Weight bytes per row chunk, revisited from cache by every tile of tokens.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -33,16 +33,15 @@ pub(crate) trait F16Tile {
 /// The CPU has the features `K::tile` needs.
 #[inline(always)]
 pub(crate) unsafe fn f16_drive<K: F16Tile>(
-    w: &[f16],
-    cols: usize,
+    w: &F16Matrix,
     x: &[f32],
     sum: F16Sum,
     out: &mut OutRows,
 ) {
-    let n_rows = w.len() / cols;
+    let cols = w.cols();
     let n_tokens = x.len() / cols;
     let rows = out.rows();
-    assert!(rows.end <= n_rows, "row range");
+    assert!(rows.end <= w.rows(), "row range");
     assert_eq!(out.n_tokens(), n_tokens, "output tokens");
     let chunk_rows = (CHUNK_BYTES / (2 * cols).max(1)).max(1);
     let mut chunk_start = rows.start;
@@ -62,7 +61,7 @@ pub(crate) unsafe fn f16_drive<K: F16Tile>(
                     (F16Sum::VecDot, _) => 1,
                 }
                 .min(chunk_end - r);
-                let w = &w[r * cols..(r + m) * cols];
+                let w = &w.data()[r * cols..(r + m) * cols];
                 let x = &x[t0 * cols..(t0 + n) * cols];
                 let at = (r - rows.start, t0);
                 // SAFETY: the caller guarantees the features `K::tile` needs.

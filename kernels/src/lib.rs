@@ -1,9 +1,13 @@
 //! Compute kernels for BitNet b1.58: pure arithmetic, no I/O.
 //!
 //! `scalar` is the reference every other kernel is tested against. The types here are
-//! the kernel API: weights prepared once at load, a block of per-token int8
-//! activations, and the output rows to fill ([`OutRows`]) so that threads can split the
-//! work by weight rows.
+//! the kernel API: weights prepared once at load ([`I2sMatrix`], [`F16Matrix`]), a block
+//! of per-token int8 activations, and the output rows to fill ([`OutRows`]) so that
+//! threads can split the work by weight rows.
+//!
+//! The weight formats: [`i2s`] is bitnet.cpp's I2_S packing of ternary weights, [`tl1`]
+//! bitnetd's lookup-table layout, [`formats`] ggml's Q8_0 and Q6_K blocks (token
+//! embeddings) and their codecs; [`q8`] is the 8-bit copy of the output projection.
 //!
 //! Every matrix kernel has the shape of [`scalar::i2s_matmul`]:
 //! `fn(w: &I2sMatrix, acts: &QuantizedActs, out: &mut OutRows)`. The output is a
@@ -21,7 +25,8 @@ pub mod broadcast;
 pub mod dispatch;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod f16_drive;
-pub mod layout;
+pub mod formats;
+pub mod i2s;
 pub mod q8;
 pub mod rows;
 pub mod scalar;
@@ -29,17 +34,54 @@ pub mod tl1;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
+use half::f16;
+
 pub use rows::{OutRows, RowsOut};
 
 /// A ternary weight matrix in I2_S layout: `rows` output features of `cols` inputs.
 #[derive(Clone, Copy)]
 pub struct I2sMatrix<'a> {
-    /// `rows * cols / 4` bytes of 2-bit codes (see [`layout`]).
+    /// `rows * cols / 4` bytes of 2-bit codes (see [`i2s`]).
     pub codes: &'a [u8],
     pub rows: usize,
     pub cols: usize,
     /// The tensor's single weight scale (mean |w| of the original weights).
     pub scale: f32,
+}
+
+/// An F16 matrix, row-major: [`F16Matrix::rows`] rows of `cols` values.
+#[derive(Clone, Copy)]
+pub struct F16Matrix<'a> {
+    data: &'a [f16],
+    cols: usize,
+}
+
+impl<'a> F16Matrix<'a> {
+    /// `data` as rows of `cols` values: whole rows only.
+    pub fn new(data: &'a [f16], cols: usize) -> Self {
+        assert!(
+            cols > 0 && data.len().is_multiple_of(cols),
+            "an F16 matrix needs whole rows"
+        );
+        Self { data, cols }
+    }
+
+    /// All the values, row after row.
+    pub fn data(&self) -> &'a [f16] {
+        self.data
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.cols
+    }
+
+    pub fn row(&self, r: usize) -> &'a [f16] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
 }
 
 /// Activations of a block of tokens quantized to int8, one scale per token.

@@ -9,10 +9,14 @@
 //! from zero), which is what converting the model with a Q8_0 token embedding gives. A
 //! Q6_K one is dequantized, then quantized the same way.
 
+use std::mem::offset_of;
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::scalar::{Q6_K_BLOCK, Q6_K_BYTES, Q8_0_BLOCK, Q8_0_BYTES, dequantize_q6_k};
+use crate::formats::{
+    BlockQ8_0, Q6_K_BLOCK, Q6_K_BYTES, Q8_0_BLOCK, Q8_0_BYTES, dequantize_q6_k, q8_0_blocks,
+};
 
 /// Rows per group: one f32 lane each in an AVX2 register.
 pub const Q8_GROUP: usize = 8;
@@ -76,14 +80,15 @@ impl Q8Matrix {
         let row_bytes = cols / Q8_0_BLOCK * Q8_0_BYTES;
         let mut m = Self::zeroed(bytes.len() / row_bytes, cols);
         for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
-            for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            for (b, block) in q8_0_blocks(row).iter().enumerate() {
                 let (qs, scale) = m.block_mut(r, b);
-                *scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for (i, (q, &v)) in qs.iter_mut().zip(&block[2..]).enumerate() {
-                    if v as i8 == i8::MIN {
-                        return Err(r * row_bytes + b * Q8_0_BYTES + 2 + i);
+                *scale = block.d.get().to_f32();
+                for (i, (q, &v)) in qs.iter_mut().zip(&block.qs).enumerate() {
+                    if v == i8::MIN {
+                        let at = b * Q8_0_BYTES + offset_of!(BlockQ8_0, qs) + i;
+                        return Err(r * row_bytes + at);
                     }
-                    *q = v as i8;
+                    *q = v;
                 }
             }
         }
@@ -161,7 +166,7 @@ fn round_to_i8(x: f32) -> i8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scalar::pack_q6_k;
+    use crate::formats::pack_q6_k;
 
     #[test]
     fn q6_k_rows_requantize_within_half_a_step() {
@@ -172,7 +177,8 @@ mod tests {
                 let q: [u8; 256] = std::array::from_fn(|i| ((i * 37 + block * 11) % 64) as u8);
                 let mut scales: [i8; 16] = std::array::from_fn(|i| (i * 29 + block * 50) as i8);
                 scales[block] = if block % 2 == 0 { i8::MIN } else { i8::MAX };
-                pack_q6_k(&q, &scales, f16::from_f32([0.01, 0.5, 0.003, 1.0][block]))
+                let packed = pack_q6_k(&q, &scales, f16::from_f32([0.01, 0.5, 0.003, 1.0][block]));
+                bytemuck::bytes_of(&packed).to_vec()
             })
             .collect();
         let m = Q8Matrix::from_q6_k(&bytes, cols);

@@ -4,10 +4,11 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
+use crate::formats::{Q8_0_BLOCK, Q8_0_BYTES, q8_0_blocks};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES, ternary_of_code};
 use crate::q8::Q8Matrix;
 use crate::rows::OutRows;
-use crate::{ActsBlock, I2sMatrix, QuantizedActs};
+use crate::{ActsBlock, F16Matrix, I2sMatrix, QuantizedActs};
 
 /// bitnet.cpp's `quantize_row_i8_s`: scale = 127 / max(|x|, 1e-5) (max taken in
 /// double), q = round-half-to-even(x * scale) clamped to [-128, 127], plus the sum of q.
@@ -159,22 +160,21 @@ pub fn dot_f32(w: &[f32], x: &[f32], sum: F16Sum) -> f32 {
     sum.total(&lanes[..n], tail)
 }
 
-/// `out[t][r] = W[r] · x[t]` for the rows `out.rows()` of an F16 matrix of `cols`
-/// columns, summed as `sum` says. `x` holds the tokens' f32 activations; `scratch` is
-/// reused.
+/// `out[t][r] = W[r] · x[t]` for the rows `out.rows()` of an F16 matrix, summed as `sum`
+/// says. `x` holds the tokens' f32 activations, `w.cols()` each; `scratch` is reused.
 pub fn f16_matmul(
-    w: &[f16],
-    cols: usize,
+    w: &F16Matrix,
     x: &[f32],
     sum: F16Sum,
     out: &mut OutRows,
     scratch: &mut Vec<f32>,
 ) {
+    let cols = w.cols();
     let n_tokens = x.len() / cols;
     scratch.resize(cols, 0.0);
     let start = out.rows().start;
     for r in out.rows() {
-        w[r * cols..(r + 1) * cols].convert_to_f32_slice(scratch);
+        w.row(r).convert_to_f32_slice(scratch);
         for t in 0..n_tokens {
             out.token(t)[r - start] = dot_f32(scratch, &x[t * cols..(t + 1) * cols], sum);
         }
@@ -247,43 +247,6 @@ pub fn ggml_silu(x: f32) -> f32 {
     x / (1.0 + ggml_expf(0.0 - x))
 }
 
-/// Q8_0: blocks of 32 int8 values with one f16 scale (34 bytes).
-pub const Q8_0_BLOCK: usize = 32;
-pub const Q8_0_BYTES: usize = 34;
-
-/// Quantizes activations to Q8_0 as ggml's x86 path does (scale 127/amax, round half
-/// to even), returning the blocks as bytes.
-pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
-    out.clear();
-    for block in x.chunks_exact(Q8_0_BLOCK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend(
-            block
-                .iter()
-                .map(|&v| (v * id).round_ties_even() as i8 as u8),
-        );
-    }
-}
-
-/// Dot product of two Q8_0 rows of equal length (bytes of whole blocks).
-pub fn q8_0_dot(a: &[u8], b: &[u8]) -> f32 {
-    let mut acc = 0f32;
-    for (ba, bb) in a.chunks_exact(Q8_0_BYTES).zip(b.chunks_exact(Q8_0_BYTES)) {
-        let da = f16::from_le_bytes([ba[0], ba[1]]).to_f32();
-        let db = f16::from_le_bytes([bb[0], bb[1]]).to_f32();
-        let sumi: i32 = ba[2..]
-            .iter()
-            .zip(&bb[2..])
-            .map(|(&x, &y)| i32::from(x as i8) * i32::from(y as i8))
-            .sum();
-        acc += da * db * sumi as f32;
-    }
-    acc
-}
-
 /// `out[t][r] = W[r] · x[t]` for the rows of `out`, with `x8` holding each token's
 /// activations as Q8_0 blocks ([`quantize_q8_0`]).
 pub fn q8_matmul(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
@@ -298,136 +261,26 @@ pub fn q8_matmul(w: &Q8Matrix, x8: &[u8], out: &mut OutRows) {
 }
 
 /// Row `r` of `w` times one token's Q8_0 activations: the blocks added up in order as
-/// `(scale_w * scale_x) * Σ w·x`, as [`q8_0_dot`] does.
+/// `(scale_w * scale_x) * Σ w·x`, as ggml's generic `ggml_vec_dot_q8_0_q8_0` does.
 pub fn q8_row_dot(w: &Q8Matrix, r: usize, x: &[u8]) -> f32 {
     let mut acc = 0f32;
-    for (b, xb) in x.chunks_exact(Q8_0_BYTES).enumerate() {
+    for (b, xb) in q8_0_blocks(x).iter().enumerate() {
         let (wq, scale) = w.block(r, b);
-        let dx = f16::from_le_bytes([xb[0], xb[1]]).to_f32();
+        let dx = xb.d.get().to_f32();
         let sumi: i32 = wq
             .iter()
-            .zip(&xb[2..])
-            .map(|(&a, &b)| i32::from(a) * i32::from(b as i8))
+            .zip(&xb.qs)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
             .sum();
         acc += scale * dx * sumi as f32;
     }
     acc
 }
 
-/// Dequantizes one Q8_0 row.
-pub fn dequantize_q8_0(bytes: &[u8], out: &mut [f32]) {
-    for (block, y) in bytes
-        .chunks_exact(Q8_0_BYTES)
-        .zip(out.chunks_exact_mut(Q8_0_BLOCK))
-    {
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        for (y, &q) in y.iter_mut().zip(&block[2..]) {
-            *y = d * f32::from(q as i8);
-        }
-    }
-}
-
-/// Q6_K: super-blocks of 256 values in 210 bytes: 128 bytes of low nibbles, 64 bytes of
-/// high 2-bit pairs, 16 int8 sub-block scales, and an f16 super-scale.
-pub const Q6_K_BLOCK: usize = 256;
-pub const Q6_K_BYTES: usize = 210;
-
-/// Dequantizes one Q6_K row.
-pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
-    for (block, y) in bytes
-        .chunks_exact(Q6_K_BYTES)
-        .zip(out.chunks_exact_mut(Q6_K_BLOCK))
-    {
-        let (ql, rest) = block.split_at(128);
-        let (qh, rest) = rest.split_at(64);
-        let (scales, d) = rest.split_at(16);
-        let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
-        // Two halves of 128 values; each uses 64 low-nibble bytes, 32 high bytes, 8 scales.
-        for half in 0..2 {
-            let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &scales[8 * half..]);
-            let y = &mut y[128 * half..];
-            for l in 0..32 {
-                let is = l / 16;
-                let q = [
-                    (ql[l] & 0xf) | ((qh[l] & 3) << 4),
-                    (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4),
-                    (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                    (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                ];
-                for (quarter, &q) in q.iter().enumerate() {
-                    let scale = f32::from(sc[is + 2 * quarter] as i8);
-                    y[l + 32 * quarter] = d * scale * f32::from(q as i8 - 32);
-                }
-            }
-        }
-    }
-}
-
-/// Quantizes `x` (whole super-blocks of 256 values) to Q6_K blocks, replacing `out`. Each
-/// run of 16 values gets the smallest step that keeps its largest magnitude within ±31
-/// steps (an int8 multiple of the block's f16 super-scale), and each value its nearest
-/// step. Simpler than ggml's search for the best scales, so a little less precise, but
-/// every value lands within half a step of its own.
-pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
-    assert!(
-        x.len().is_multiple_of(Q6_K_BLOCK),
-        "Q6_K needs whole super-blocks"
-    );
-    out.clear();
-    for block in x.chunks_exact(Q6_K_BLOCK) {
-        let steps: [f32; 16] = std::array::from_fn(|j| {
-            let amax = block[16 * j..][..16]
-                .iter()
-                .fold(0f32, |m, v| m.max(v.abs()));
-            amax / 31.0
-        });
-        let d = f16::from_f32(steps.iter().fold(0f32, |m, &s| m.max(s)) / 127.0);
-        let d32 = d.to_f32();
-        let scales = steps.map(|s| {
-            if d32 > 0.0 {
-                (s / d32).ceil().min(127.0) as i8
-            } else {
-                0
-            }
-        });
-        let q: [u8; Q6_K_BLOCK] = std::array::from_fn(|i| {
-            let step = d32 * f32::from(scales[i / 16]);
-            let q = if step > 0.0 {
-                (block[i] / step).round()
-            } else {
-                0.0
-            };
-            (q.clamp(-32.0, 31.0) as i32 + 32) as u8
-        });
-        out.extend_from_slice(&pack_q6_k(&q, &scales, d));
-    }
-}
-
-/// One Q6_K block of 256 six-bit values (0..64, the value + 32), 16 sub-block scales and
-/// the super-scale, laid out as [`dequantize_q6_k`] reads them.
-pub(crate) fn pack_q6_k(q: &[u8; Q6_K_BLOCK], scales: &[i8; 16], d: f16) -> [u8; Q6_K_BYTES] {
-    let mut block = [0u8; Q6_K_BYTES];
-    let (ql, rest) = block.split_at_mut(128);
-    let (qh, rest) = rest.split_at_mut(64);
-    let (sc, dd) = rest.split_at_mut(16);
-    for (i, &v) in q.iter().enumerate() {
-        let (half, j) = (i / 128, i % 128);
-        let (quarter, l) = (j / 32, j % 32);
-        // Quarters 0/1 use the low nibble of ql[l] / ql[l + 32], quarters 2/3 the high.
-        ql[64 * half + l + 32 * (quarter % 2)] |= (v & 0xf) << (4 * (quarter / 2));
-        qh[32 * half + l] |= (v >> 4) << (2 * quarter);
-    }
-    for (b, &s) in sc.iter_mut().zip(scales) {
-        *b = s as u8;
-    }
-    dd.copy_from_slice(&d.to_le_bytes());
-    block
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{decode_i2s, encode_i2s};
+    use crate::i2s::{decode_i2s, encode_i2s};
 
     #[test]
     fn quantize_rounds_half_to_even_and_clamps() {
@@ -461,69 +314,5 @@ mod tests {
             .sum();
         assert_eq!(i2s_dot(&codes, &q), naive);
         assert_eq!(decode_i2s(&codes, k), w);
-    }
-
-    #[test]
-    fn q8_0_round_trip_is_close() {
-        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.37).collect();
-        let mut bytes = Vec::new();
-        quantize_q8_0(&x, &mut bytes);
-        assert_eq!(bytes.len(), 2 * Q8_0_BYTES);
-        let mut y = vec![0f32; 64];
-        dequantize_q8_0(&bytes, &mut y);
-        for (a, b) in x.iter().zip(&y) {
-            assert!((a - b).abs() <= 0.37 * 34.0 / 127.0, "{a} vs {b}");
-        }
-    }
-
-    #[test]
-    fn q6_k_quantizes_each_value_within_half_its_step() {
-        // Three super-blocks: sub-blocks of magnitudes 1e-3 to 1e2, then one all zero.
-        let mut x: Vec<f32> = (0..512)
-            .map(|i| {
-                let magnitude = 10f32.powi(i / 16 % 6 - 3);
-                magnitude * (((i * 7919) % 201) as f32 / 100.0 - 1.0)
-            })
-            .collect();
-        x.extend([0.0; 256]);
-        let mut bytes = Vec::new();
-        quantize_q6_k(&x, &mut bytes);
-        assert_eq!(bytes.len(), 3 * Q6_K_BYTES);
-        let mut y = vec![1f32; x.len()];
-        dequantize_q6_k(&bytes, &mut y);
-        for (b, block) in bytes.chunks_exact(Q6_K_BYTES).enumerate() {
-            let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
-            for j in 0..16 {
-                let run = 256 * b + 16 * j..256 * b + 16 * (j + 1);
-                let amax = x[run.clone()].iter().fold(0f32, |m, v| m.max(v.abs()));
-                let step = d * f32::from(block[192 + j] as i8);
-                // The step is the smallest multiple of d that covers the run (but for the
-                // f16 rounding of d, when the multiple is capped at 127)...
-                assert!(step * 31.0 >= amax * (1.0 - 1e-3), "block {b} run {j}");
-                assert!(step <= amax / 31.0 + d, "block {b} run {j}");
-                // ...and each value is its nearest multiple of the step.
-                for i in run {
-                    assert!(
-                        (x[i] - y[i]).abs() <= 0.5 * step * (1.0 + 1e-6),
-                        "value {i}"
-                    );
-                }
-            }
-        }
-        assert!(y[512..].iter().all(|&v| v == 0.0));
-    }
-
-    #[test]
-    fn q6_k_decodes_every_position_and_scale() {
-        let q: [u8; 256] = std::array::from_fn(|i| ((i * 37 + 5) % 64) as u8);
-        let scales: [i8; 16] = std::array::from_fn(|i| (i as i32 * 9 - 70) as i8);
-        let block = pack_q6_k(&q, &scales, f16::from_f32(0.5));
-        let mut y = [0f32; 256];
-        dequantize_q6_k(&block, &mut y);
-        for i in 0..256 {
-            // Each run of 16 values shares one scale.
-            let want = 0.5 * f32::from(scales[i / 16]) * (f32::from(q[i]) - 32.0);
-            assert_eq!(y[i], want, "value {i}");
-        }
     }
 }

@@ -20,7 +20,7 @@
 
 use std::borrow::Cow;
 
-use crate::layout::{I2S_BLOCK, i2s_position, ternary_of_code};
+use crate::i2s::{I2S_BLOCK, i2s_position, ternary_of_code};
 use crate::scalar::dequantize_sum;
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 

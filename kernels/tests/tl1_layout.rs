@@ -2,7 +2,7 @@
 
 mod common;
 
-use bitnet_kernels::layout::{decode_i2s, encode_i2s, i2s_get};
+use bitnet_kernels::i2s::{decode_i2s, encode_i2s, i2s_get};
 use bitnet_kernels::tl1::{
     TL1_GROUP, Tl1Matrix, tl1_bytes, tl1_matmul_reference, tl1_pack, tl1_pack_into, tl1_unpack_into,
 };

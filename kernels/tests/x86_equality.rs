@@ -7,6 +7,7 @@ mod common;
 use std::ops::Range;
 use std::sync::Once;
 
+use bitnet_kernels::formats;
 use bitnet_kernels::q8::Q8Matrix;
 use bitnet_kernels::scalar;
 use bitnet_kernels::x86_64::{
@@ -235,7 +236,7 @@ fn check_q8(w: &Q8Matrix, x: &[f32], rows: Range<usize>) {
     }
     let (n_rows, n_tokens) = (w.rows(), x.len() / w.cols());
     let mut x8 = Vec::new();
-    scalar::quantize_q8_0(x, &mut x8);
+    formats::quantize_q8_0(x, &mut x8);
     let sentinel = f32::from_bits(0x7fc0_1234);
     let mut want = vec![sentinel; n_rows * n_tokens];
     let mut got = want.clone();

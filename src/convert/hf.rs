@@ -6,8 +6,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use bitnet_kernels::I2sMatrix;
-use bitnet_kernels::layout::{I2S_BLOCK, encode_i2s_into};
-use bitnet_kernels::scalar::{Q6_K_BLOCK, Q8_0_BLOCK, quantize_q6_k, quantize_q8_0};
+use bitnet_kernels::formats::{Q6_K_BLOCK, Q8_0_BLOCK, quantize_q6_k, quantize_q8_0};
+use bitnet_kernels::i2s::{I2S_BLOCK, encode_i2s_into};
 use bitnet_kernels::tl1::{TL1_GROUP, tl1_bytes, tl1_pack_into};
 use half::f16;
 

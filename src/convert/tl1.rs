@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bitnet_kernels::I2sMatrix;
 use bitnet_kernels::dispatch::Layout;
-use bitnet_kernels::layout::I2S_BLOCK;
+use bitnet_kernels::i2s::I2S_BLOCK;
 use bitnet_kernels::tl1::{Tl1Matrix, tl1_bytes, tl1_pack_into, tl1_unpack_into};
 
 use crate::gguf::{GgufWriter, TensorInfo, WriteError};

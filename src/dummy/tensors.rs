@@ -5,8 +5,8 @@ use std::io::{self, Write};
 
 use bitnet_kernels::I2sMatrix;
 use bitnet_kernels::dispatch::Layout;
-use bitnet_kernels::layout::{I2S_BLOCK, encode_i2s_into, i2s_code_bytes};
-use bitnet_kernels::scalar::quantize_q6_k;
+use bitnet_kernels::formats::quantize_q6_k;
+use bitnet_kernels::i2s::{I2S_BLOCK, encode_i2s_into, i2s_code_bytes};
 use bitnet_kernels::tl1::{TL1_GROUP, tl1_bytes, tl1_pack_into};
 use half::f16;
 

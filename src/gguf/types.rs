@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use bitnet_kernels::formats::{Q6_K_BLOCK, Q6_K_BYTES, Q8_0_BLOCK, Q8_0_BYTES};
+
 /// A ggml tensor type id as stored in GGUF tensor infos.
 ///
 /// Only the types a BitNet file can carry are listed; anything else is refused
@@ -78,8 +80,8 @@ impl GgmlType {
     /// Elements per quantization block along `ne0`.
     pub fn block_len(self) -> u64 {
         match self {
-            Self::Q8_0 => 32,
-            Self::Q6K => 256,
+            Self::Q8_0 => Q8_0_BLOCK as u64,
+            Self::Q6K => Q6_K_BLOCK as u64,
             _ => 1,
         }
     }
@@ -96,8 +98,12 @@ impl GgmlType {
                 if ne0 % self.block_len() != 0 {
                     return None;
                 }
-                let block_bytes = if self == Self::Q8_0 { 34 } else { 210 };
-                (n / self.block_len()).checked_mul(block_bytes)
+                let block_bytes = if self == Self::Q8_0 {
+                    Q8_0_BYTES
+                } else {
+                    Q6_K_BYTES
+                };
+                (n / self.block_len()).checked_mul(block_bytes as u64)
             }
             // ggml_nbytes for the BitNet types (bitnet.cpp's llama.cpp fork).
             Self::I2S | Self::TL1 => (n / 4).checked_add(32),

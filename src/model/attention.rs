@@ -4,7 +4,7 @@
 
 use bitnet_kernels::dispatch::Kernel;
 use bitnet_kernels::scalar::{self, F16Sum};
-use bitnet_kernels::{OutRows, RowsOut};
+use bitnet_kernels::{F16Matrix, OutRows, RowsOut};
 use half::f16;
 
 use super::hparams::HParams;
@@ -177,7 +177,8 @@ fn attend_head(
         s.scores.resize(nq * padded, 0.0);
         let mut scores = OutRows::all(&mut s.scores[..nq * visible], nq, visible);
         let keys = &keys[..visible * hd];
-        kernel.f16_matmul(keys, hd, &s.q_head, F16Sum::VecDot, &mut scores, &mut s.row);
+        let keys = F16Matrix::new(keys, hd);
+        kernel.f16_matmul(&keys, &s.q_head, F16Sum::VecDot, &mut scores, &mut s.row);
         for q in (0..nq).rev() {
             // Rows move from stride `visible` to `padded`, the last first.
             let seen = n_past + t0 + q + 1;
@@ -203,9 +204,8 @@ fn attend_head(
         if value_sum == F16Sum::VecDot {
             round_through_f16(&mut s.scores, &mut s.q16);
         }
-        kernel.f16_matmul(
-            &s.values, padded, &s.scores, value_sum, &mut heads, &mut s.row,
-        );
+        let values = F16Matrix::new(&s.values, padded);
+        kernel.f16_matmul(&values, &s.scores, value_sum, &mut heads, &mut s.row);
         for (t, o) in (t0..t1).zip(s.out.chunks_exact(hd)) {
             out.token(t).copy_from_slice(o);
         }

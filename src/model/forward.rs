@@ -19,9 +19,10 @@
 //! `session` the KV cache and scratch buffers (with their shapes), `attention` the cache
 //! and the heads, `ops` the per-token numerics, `split` the division of work.
 
-use bitnet_kernels::QuantizedActs;
 use bitnet_kernels::dispatch::Kernel;
-use bitnet_kernels::scalar::{self, F16Sum};
+use bitnet_kernels::formats;
+use bitnet_kernels::scalar::F16Sum;
+use bitnet_kernels::{F16Matrix, QuantizedActs};
 use half::f16;
 
 use super::attention::{LayerCache, attention, store_kv};
@@ -195,8 +196,8 @@ impl Model {
                     *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
                 }
             }
-            GgmlType::Q8_0 => scalar::dequantize_q8_0(row, out),
-            GgmlType::Q6K => scalar::dequantize_q6_k(row, out),
+            GgmlType::Q8_0 => formats::dequantize_q8_0(row, out),
+            GgmlType::Q6K => formats::dequantize_q6_k(row, out),
             other => unreachable!("embedding type {other} refused at load"),
         }
     }
@@ -216,7 +217,7 @@ impl Model {
         let logits = split_rows(pool, &mut b.logits, n, vocab);
         if let Some(head) = &self.head_q8 {
             // d is a multiple of the block size, so each token's blocks are contiguous.
-            scalar::quantize_q8_0(&b.xn, &mut b.head_q8);
+            formats::quantize_q8_0(&b.xn, &mut b.head_q8);
             let x8 = &b.head_q8;
             pool.run(&|_| {
                 while let Some(mut part) = logits.next_chunk() {
@@ -239,7 +240,8 @@ impl Model {
                 pool.run(&|thread| {
                     let row = &mut scratch(threads, thread).row;
                     while let Some(mut part) = logits.next_chunk() {
-                        self.kernel.f16_matmul(w, d, x, sum, &mut part, row);
+                        self.kernel
+                            .f16_matmul(&F16Matrix::new(w, d), x, sum, &mut part, row);
                     }
                 });
             }

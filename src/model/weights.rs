@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use bitnet_kernels::I2sMatrix;
 use bitnet_kernels::dispatch::{Layout, Packed};
-use bitnet_kernels::layout::I2S_BLOCK;
+use bitnet_kernels::i2s::I2S_BLOCK;
 use bitnet_kernels::tl1::{Tl1Matrix, tl1_bytes, tl1_pack, tl1_unpack_into};
 
 use crate::gguf::{GgmlType, Gguf, TensorInfo};

@@ -5,7 +5,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
 
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::scalar::dequantize_sum;
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 

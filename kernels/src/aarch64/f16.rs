@@ -9,21 +9,20 @@ use std::arch::asm;
 
 use half::f16;
 
-use crate::OutRows;
 use crate::f16_drive::{F16Tile, f16_drive};
 use crate::scalar::F16Sum;
+use crate::{F16Matrix, OutRows};
 
 /// [`crate::scalar::f16_matmul`] with NEON, bit-for-bit equal.
 pub fn f16_matmul_neon(
-    w: &[f16],
-    cols: usize,
+    w: &F16Matrix,
     x: &[f32],
     sum: F16Sum,
     out: &mut OutRows,
     _scratch: &mut Vec<f32>,
 ) {
     // SAFETY: NEON is part of every aarch64 target.
-    unsafe { f16_drive::<Neon>(w, cols, x, sum, out) }
+    unsafe { f16_drive::<Neon>(w, x, sum, out) }
 }
 
 /// `src` widened to f32 into `dst` (equal lengths), exactly: `half`'s conversion is

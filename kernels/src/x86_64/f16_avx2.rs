@@ -7,9 +7,9 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use crate::OutRows;
 use crate::f16_drive::{F16Tile, f16_drive};
 use crate::scalar::F16Sum;
+use crate::{F16Matrix, OutRows};
 
 /// How far ahead of the bytes being read the tile asks for them.
 const PREFETCH_BYTES: usize = 4096;
@@ -17,8 +17,7 @@ const PREFETCH_BYTES: usize = 4096;
 /// [`crate::scalar::f16_matmul`] with F16C/FMA, bit-for-bit equal. Call only when
 /// [`super::f16_avx2_available`] is true.
 pub fn f16_matmul_avx2(
-    w: &[f16],
-    cols: usize,
+    w: &F16Matrix,
     x: &[f32],
     sum: F16Sum,
     out: &mut OutRows,
@@ -26,7 +25,7 @@ pub fn f16_matmul_avx2(
 ) {
     assert!(super::f16_avx2_available(), "AVX2, FMA and F16C required");
     // SAFETY: AVX2, FMA and F16C are present (asserted above).
-    unsafe { f16_drive::<Avx2>(w, cols, x, sum, out) }
+    unsafe { f16_drive::<Avx2>(w, x, sum, out) }
 }
 
 struct Avx2;

@@ -9,8 +9,8 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{I2sTile, i2s_drive};
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
+use super::{I2sTile, i2s_drive, sum_each};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// Blocks summed in i16 before widening. With codes ≤ 2 and q ∈ [-128, 127] a
@@ -104,30 +104,17 @@ fn widened_sums<const T: usize>(
         }
     }
     if T == 8 {
-        let sums = hsum_8(std::array::from_fn(|t| acc32[t]));
-        return std::array::from_fn(|t| sums[t]);
+        let mut sums = [0i32; T];
+        // SAFETY: T is 8, so `sums` has room for eight i32.
+        unsafe {
+            _mm256_storeu_si256(
+                sums.as_mut_ptr().cast(),
+                sum_each(acc32[..].try_into().expect("8 tokens")),
+            )
+        };
+        return sums;
     }
     acc32.map(|v| hsum_epi32(v))
-}
-
-/// The lane sums of eight vectors at once (a transposing reduction: nine instructions
-/// instead of six per vector), wrapping like the scalar i32 sum.
-#[target_feature(enable = "avx2")]
-fn hsum_8(v: [__m256i; 8]) -> [i32; 8] {
-    // Pairwise: [v0 v1 v2 v3] halves in the low lanes, [v4..v7] after, per 128-bit lane.
-    let h01 = _mm256_hadd_epi32(v[0], v[1]);
-    let h23 = _mm256_hadd_epi32(v[2], v[3]);
-    let h45 = _mm256_hadd_epi32(v[4], v[5]);
-    let h67 = _mm256_hadd_epi32(v[6], v[7]);
-    let h0123 = _mm256_hadd_epi32(h01, h23);
-    let h4567 = _mm256_hadd_epi32(h45, h67);
-    // Each 128-bit lane now holds a partial sum of v0..v3 (or v4..v7): add the halves.
-    let low = _mm256_permute2x128_si256::<0x20>(h0123, h4567);
-    let high = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
-    let mut sums = [0i32; 8];
-    // SAFETY: `sums` has room for eight i32.
-    unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), _mm256_add_epi32(low, high)) };
-    sums
 }
 
 /// One 32-value group of a block (at byte `$off`) times the codes in ymm9 for each of the

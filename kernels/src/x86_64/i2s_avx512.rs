@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 
 use super::{I2sTile, i2s_drive};
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs};
 
 /// [`crate::scalar::i2s_matmul`] with AVX-512 F/BW/VNNI, bit-for-bit equal. Call only

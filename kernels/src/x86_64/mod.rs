@@ -24,7 +24,7 @@ pub use quantize_avx2::quantize_block_avx2;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::layout::{I2S_BLOCK, I2S_BLOCK_BYTES};
+use crate::i2s::{I2S_BLOCK, I2S_BLOCK_BYTES};
 use crate::{I2sMatrix, OutRows, QuantizedActs, scalar};
 
 /// Whether [`i2s_matmul_avx2`], [`q8_matmul_avx2`] and [`quantize_block_avx2`] may run
@@ -45,6 +45,25 @@ pub fn f16_avx2_available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
+}
+
+/// Lane `i` of the result is the sum of the eight lanes of `v[i]` (a transposing
+/// reduction: nine instructions instead of six per vector), wrapping like the scalar i32
+/// sum.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn sum_each(v: &[__m256i; 8]) -> __m256i {
+    // Pairwise: [v0 v1 v2 v3] halves in the low lanes, [v4..v7] after, per 128-bit lane.
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    // Each 128-bit lane now holds a partial sum of v0..v3 (or v4..v7): add the halves.
+    let low = _mm256_permute2x128_si256::<0x20>(h0123, h4567);
+    let high = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
+    _mm256_add_epi32(low, high)
 }
 
 /// Tokens that share one unpack of a weight block (bitnet.cpp's ACT_PARALLEL idea). With

@@ -4,11 +4,10 @@
 
 use std::arch::x86_64::*;
 
-use half::f16;
-
+use super::sum_each;
 use crate::OutRows;
+use crate::formats::{Q8_0_BLOCK, Q8_0_BYTES, q8_0_blocks};
 use crate::q8::{Q8_GROUP, Q8Matrix};
-use crate::scalar::{Q8_0_BLOCK, Q8_0_BYTES};
 
 /// [`crate::scalar::q8_matmul`] with AVX2, bit-for-bit equal. Call only when
 /// [`super::i2s_avx2_available`] is true.
@@ -41,6 +40,7 @@ const PREFETCH_BYTES: usize = 4096;
 unsafe fn group_dot(w: &Q8Matrix, g: usize, x: &[u8]) -> [f32; Q8_GROUP] {
     let blocks = w.cols() / Q8_0_BLOCK;
     assert!(x.len() == blocks * Q8_0_BYTES);
+    let x = q8_0_blocks(x);
     let (qs, scales) = w.group(g);
     assert!(qs.len() == blocks * Q8_GROUP * Q8_0_BLOCK && scales.len() == blocks * Q8_GROUP);
     let ones = _mm256_set1_epi16(1);
@@ -55,10 +55,9 @@ unsafe fn group_dot(w: &Q8Matrix, g: usize, x: &[u8]) -> [f32; Q8_GROUP] {
         // The scales stream is an eighth of the values'.
         let sb_ahead = sb.as_ptr().cast::<u8>().wrapping_add(PREFETCH_BYTES / 8);
         _mm_prefetch::<_MM_HINT_T0>(sb_ahead.cast());
-        let xb = &x[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-        let dx = _mm256_set1_ps(f16::from_le_bytes([xb[0], xb[1]]).to_f32());
-        // SAFETY: xb holds 2 + 32 bytes.
-        let xv = unsafe { _mm256_loadu_si256(xb.as_ptr().add(2).cast()) };
+        let dx = _mm256_set1_ps(x[b].d.get().to_f32());
+        // SAFETY: the block's values are 32 bytes.
+        let xv = unsafe { _mm256_loadu_si256(x[b].qs.as_ptr().cast()) };
         let mut s = [_mm256_setzero_si256(); Q8_GROUP];
         for (i, s) in s.iter_mut().enumerate() {
             // SAFETY: wb holds Q8_GROUP rows of 32 bytes.
@@ -80,19 +79,4 @@ unsafe fn group_dot(w: &Q8Matrix, g: usize, x: &[u8]) -> [f32; Q8_GROUP] {
     // SAFETY: `sums` holds 8 floats; storeu has no alignment need.
     unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), acc) };
     sums
-}
-
-/// Lane `i` of the result is the sum of the eight lanes of `s[i]` (integer: exact).
-#[target_feature(enable = "avx2")]
-fn sum_each(s: &[__m256i; 8]) -> __m256i {
-    let h01 = _mm256_hadd_epi32(s[0], s[1]);
-    let h23 = _mm256_hadd_epi32(s[2], s[3]);
-    let h45 = _mm256_hadd_epi32(s[4], s[5]);
-    let h67 = _mm256_hadd_epi32(s[6], s[7]);
-    // Per 128-bit half: rows 0-3 (and 4-7) summed over that half's four lanes.
-    let h0123 = _mm256_hadd_epi32(h01, h23);
-    let h4567 = _mm256_hadd_epi32(h45, h67);
-    let low = _mm256_permute2x128_si256(h0123, h4567, 0x20);
-    let high = _mm256_permute2x128_si256(h0123, h4567, 0x31);
-    _mm256_add_epi32(low, high)
 }

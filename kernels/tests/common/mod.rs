@@ -5,9 +5,9 @@
 use std::fmt::Display;
 use std::ops::Range;
 
-use bitnet_kernels::layout::encode_i2s;
+use bitnet_kernels::i2s::encode_i2s;
 use bitnet_kernels::scalar::{self, F16Sum, i2s_matmul};
-use bitnet_kernels::{ActsBlock, I2sMatrix, OutRows, QuantizedActs};
+use bitnet_kernels::{ActsBlock, F16Matrix, I2sMatrix, OutRows, QuantizedActs};
 use half::f16;
 
 /// SplitMix64: tiny and deterministic, so a failing case reproduces.
@@ -167,14 +167,15 @@ pub fn assert_same_bits(got: &[f32], want: &[f32], n_rows: usize, case: impl Dis
 }
 
 /// An F16 matrix product under test, with the `scalar::f16_matmul` contract.
-pub type F16Kernel = fn(&[f16], usize, &[f32], F16Sum, &mut OutRows, &mut Vec<f32>);
+pub type F16Kernel = fn(&F16Matrix, &[f32], F16Sum, &mut OutRows, &mut Vec<f32>);
 
 /// Compares `kernel` bit for bit with `scalar::f16_matmul` (the same lanes of fused
 /// multiply-adds, totalled in the same order, so no tolerance) for both sums (tinyBLAS's
 /// only when `cols` is a whole number of its lanes, as ggml calls it); outputs outside
 /// `rows` must stay untouched.
 pub fn check_f16(kernel: F16Kernel, w: &[f16], cols: usize, x: &[f32], rows: Range<usize>) {
-    let (n_rows, n_tokens) = (w.len() / cols, x.len() / cols);
+    let w = F16Matrix::new(w, cols);
+    let (n_rows, n_tokens) = (w.rows(), x.len() / cols);
     let sentinel = f32::from_bits(0x7fc0_1234);
     for sum in [F16Sum::Gemm, F16Sum::VecDot] {
         if !cols.is_multiple_of(sum.lanes()) && sum == F16Sum::Gemm {
@@ -183,9 +184,9 @@ pub fn check_f16(kernel: F16Kernel, w: &[f16], cols: usize, x: &[f32], rows: Ran
         let mut want = vec![sentinel; n_rows * n_tokens];
         let mut got = want.clone();
         let mut want_rows = OutRows::new(&mut want, n_tokens, n_rows, rows.clone());
-        scalar::f16_matmul(w, cols, x, sum, &mut want_rows, &mut Vec::new());
+        scalar::f16_matmul(&w, x, sum, &mut want_rows, &mut Vec::new());
         let mut got_rows = OutRows::new(&mut got, n_tokens, n_rows, rows.clone());
-        kernel(w, cols, x, sum, &mut got_rows, &mut Vec::new());
+        kernel(&w, x, sum, &mut got_rows, &mut Vec::new());
         let case = format_args!("{n_rows}x{cols}, {n_tokens} tokens, rows {rows:?}, {sum:?}");
         assert_same_bits(&got, &want, n_rows, case);
     }

@@ -1,4 +1,4 @@
-//! Weight layouts.
+//! The I2_S weight layout.
 //!
 //! I2_S, bit-compatible with bitnet.cpp's x86 ("ACT_PARALLEL") layout, which is the
 //! layout of the GGUF files in the wild: the tensor is flattened row-major and cut into
