@@ -8,7 +8,7 @@ use bitnet_kernels::{F16Matrix, OutRows, RowsOut};
 use half::f16;
 
 use super::hparams::HParams;
-use super::ops::{RopeTable, ggml_product, round_through_f16};
+use super::ops::{LANES, RopeTable, ggml_product, round_through_f16};
 use super::session::{Buffers, ThreadScratch, scratch};
 use super::split::TokenSteps;
 use crate::compute::Pool;
@@ -76,11 +76,6 @@ impl LayerCache<'_> {
 /// Queries per block of the batched attention: bounds the scores buffer to
 /// `QUERY_BLOCK x context` floats per thread however long the prompt.
 const QUERY_BLOCK: usize = 64;
-
-/// Lanes of tinyBLAS's sums over keys: probabilities and values are padded with zeros to a
-/// multiple (ggml pads its rows with masked keys to a multiple of 32; zero lanes add
-/// nothing either way).
-pub(super) const LANES: usize = 16;
 
 /// llama.cpp's KV padding without flash attention: attention runs over the cache's first
 /// used cells rounded up to a multiple of this.

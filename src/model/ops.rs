@@ -119,6 +119,11 @@ impl RopeTable {
     }
 }
 
+/// Lanes of tinyBLAS's sums over keys: probabilities and values are padded with zeros to a
+/// multiple (ggml pads its rows with masked keys to a multiple of 32; zero lanes add
+/// nothing either way).
+pub(super) const LANES: usize = 16;
+
 /// Which product ggml runs for an F16 matrix times `columns` f32 activation columns
 /// (tokens), found on bitnet.cpp's own numbers: tinyBLAS for two or more, its own dot
 /// product (activations rounded to f16) for one.

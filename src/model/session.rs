@@ -10,9 +10,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bitnet_kernels::QuantizedActs;
 use half::f16;
 
-use super::attention::LANES;
 use super::hparams::HParams;
-use super::ops::RopeTable;
+use super::ops::{LANES, RopeTable};
 
 /// Per-sequence state: the KV cache and the scratch buffers of one forward pass.
 pub struct Session {
