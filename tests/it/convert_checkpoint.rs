@@ -307,7 +307,7 @@ fn sentencepiece_tokenizer_model_is_read() {
 /// Not a check: writes a checkpoint of BitNet-b1.58-2B-4T's shapes (packed autobitlinear,
 /// bf16 embedding and norms, 1.2 GB) into `$BITNETD_2B4T_DIR`, for measuring the
 /// conversion's time and peak RSS:
-/// `BITNETD_2B4T_DIR=/tmp/2b4t cargo test --release --test convert_checkpoint -- --ignored`
+/// `BITNETD_2B4T_DIR=/tmp/2b4t cargo test --release --test it convert_checkpoint:: -- --ignored`
 /// then `/usr/bin/time -v bitnetd convert /tmp/2b4t -o /tmp/2b4t.gguf`.
 #[test]
 #[ignore]

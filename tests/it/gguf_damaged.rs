@@ -442,7 +442,7 @@ fn touch_everything(bytes: Vec<u8>) {
 }
 
 /// Rewrites the seed corpus: the valid file and every damaged case.
-/// Run with `cargo test --test gguf_damaged -- --ignored write_fuzz_seeds`.
+/// Run with `cargo test --test it gguf_damaged::write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore = "rewrites fuzz/seeds; run by hand"]
 fn write_fuzz_seeds() {

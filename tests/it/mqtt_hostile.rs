@@ -622,7 +622,7 @@ fn fuzz_seeds_parse_without_panic() {
 }
 
 /// Writes the seed corpus: the payloads of these attacks, with a reply topic line first.
-/// Run with `cargo test --release --test mqtt_hostile -- --ignored write_fuzz_seeds`.
+/// Run with `cargo test --release --test it mqtt_hostile::write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore = "rewrites fuzz/seeds; run by hand"]
 fn write_fuzz_seeds() {

@@ -408,7 +408,7 @@ fn wait_with_peak_rss(child: &mut Child) -> (std::process::ExitStatus, u64) {
 /// bitnet.cpp crashes on prompts of 513 tokens and more with ffn 6912 (a 14 MB stack array);
 /// bitnetd must take a 4,000-token prompt on the 2B-4T shape, in `run` and in `serve`,
 /// and its memory is stated. Minutes of CPU on 2 cores, so outside CI's default run:
-/// `cargo test --release --test parity_v2 -- --ignored --nocapture`.
+/// `cargo test --release --test it parity_v2::a_4000 -- --ignored --nocapture`.
 #[test]
 #[ignore = "heavy: several minutes of CPU (a 4,000-token prompt on the 2B-4T shape)"]
 fn a_4000_token_prompt_runs_in_run_and_serve() {

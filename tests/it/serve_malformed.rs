@@ -709,7 +709,7 @@ fn the_parser_refuses_each_case() {
 }
 
 /// Rewrites the seed corpus: every malformed case and a few valid lines.
-/// Run with `cargo test --release --test serve_malformed -- --ignored write_fuzz_seeds`.
+/// Run with `cargo test --release --test it serve_malformed::write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore = "rewrites fuzz/seeds; run by hand"]
 fn write_fuzz_seeds() {
