@@ -1,10 +1,8 @@
 //! `bitnetd bench` end to end on the tiny reference model.
 
-use crate::common;
-
 use std::process::Command;
 
-use common::reference;
+use crate::common::reference;
 
 fn bench(extra: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))

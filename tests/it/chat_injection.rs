@@ -5,7 +5,6 @@
 //! keeps its control tokens. The daemon's side of it is in serve_hardening.rs.
 
 use crate::common;
-
 use bitnetd::chat::{ChatTemplate, Message, Role};
 use bitnetd::gguf::Gguf;
 use bitnetd::tokenizer::Tokenizer;

@@ -1,11 +1,9 @@
 //! The `bitnetd` binary against what bitnet.cpp printed on the reference models.
 
-use crate::common;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::{self, *};
 
 fn bitnetd(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bitnetd"))

@@ -4,16 +4,14 @@
 //! the logits of an independent f32 forward computed here from the checkpoint's own tensors
 //! (not through the GGUF reader), within 1e-3.
 
-use crate::checkpoint;
-use crate::common;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::checkpoint::*;
+use crate::common;
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 use bitnetd::gguf::{GgmlType, Gguf, Value};
 use bitnetd::model::{Logits, Model};
-use checkpoint::*;
 
 const PROMPT: [u32; 7] = [3, 100, 7, 258, 42, 256, 9];
 

@@ -3,17 +3,15 @@
 //! vocabulary: converting it must give that file's tokenizer metadata exactly, its tensors
 //! byte for byte, and its logits.
 
-use crate::checkpoint;
-use crate::common;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::checkpoint::{StTensor, pack, write_safetensors};
+use crate::common;
 use bitnet_kernels::layout::decode_i2s;
 use bitnet_kernels::scalar::dequantize_q8_0;
 use bitnetd::gguf::{GgmlType, Gguf, Value};
 use bitnetd::model::{Logits, Model};
-use checkpoint::{StTensor, pack, write_safetensors};
 use safetensors::Dtype;
 use serde_json::json;
 

@@ -1,14 +1,12 @@
 //! Generation limits and the KV cache policy, on the tiny reference model.
 
-use crate::common;
-
 use std::ops::ControlFlow;
 
+use crate::common::*;
 use bitnetd::engine::{Engine, EngineError, FinishReason, GenParams};
 use bitnetd::model::{Logits, Model, ModelError};
 use bitnetd::sampler::SamplerConfig;
 use bitnetd::tokenizer::Tokenizer;
-use common::*;
 
 fn engine(n_ctx: usize) -> Engine {
     let model = Model::load(reference("tiny-i2_s.gguf")).unwrap();

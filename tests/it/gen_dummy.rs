@@ -1,12 +1,11 @@
 //! Generated dummy models: they load and run, hold exactly the weights the seed
 //! defines, are reproducible, and carry a working tokenizer.
 
-use crate::common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::common::{self, max_abs_diff, top5};
 use bitnet_kernels::layout::{decode_i2s, i2s_code_bytes};
 use bitnetd::dummy::{
     self, BUILTIN_VOCAB, DEMO_FILE_NAME, DummySpec, END_OF_TEXT, EmbeddingType, ModelSize,
@@ -14,7 +13,6 @@ use bitnetd::dummy::{
 };
 use bitnetd::gguf::{GgmlType, Gguf, Value};
 use bitnetd::model::{Arch, HeadChoice, Logits, Model};
-use common::{max_abs_diff, top5};
 
 fn tiny(seed: u64) -> DummySpec {
     DummySpec {

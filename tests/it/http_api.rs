@@ -2,15 +2,11 @@
 //! loopback port, raw requests and curl checking the OpenAI (SSE) and Ollama (NDJSON)
 //! shapes, the API key, 413, 429, 503, a client that hangs up, and fairness with the socket.
 
-use crate::daemon;
-use crate::http;
-
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use crate::daemon::free_port;
-use daemon::{Daemon, PATIENCE, dummy_125m, long_prompt};
-use http::{curl, get, http_config, post, request};
+use crate::daemon::{self, Daemon, PATIENCE, dummy_125m, free_port, long_prompt};
+use crate::http::{self, curl, get, http_config, post, request};
 use serde_json::{Value, json};
 
 fn chat(content: &str, max_tokens: usize) -> Value {

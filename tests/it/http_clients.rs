@@ -1,15 +1,11 @@
 //! The official `openai` and `ollama` Python packages (installed by .ci/run into a venv)
 //! against the built daemon's `[http]` listener, streaming and not, with an API key.
 
-use crate::common;
-use crate::daemon;
-use crate::http;
-
 use std::process::Command;
 
-use crate::daemon::free_port;
-use daemon::Daemon;
-use http::{http_config, python_venv};
+use crate::common;
+use crate::daemon::{Daemon, free_port};
+use crate::http::{http_config, python_venv};
 
 #[test]
 fn the_official_python_clients_work_unchanged() {

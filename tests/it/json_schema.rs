@@ -3,20 +3,18 @@
 //! within max_tokens; and on Llama 3's 128k-token SentencePiece-free byte-level vocabulary
 //! (the reference l3tiny model) as well.
 
-use crate::common;
-use crate::json_schema_common;
-
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::common;
+use crate::json_schema_common::{refused, schemas, violation};
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 use bitnetd::constrain::Schema;
 use bitnetd::engine::{Engine, FinishReason, GenParams};
 use bitnetd::model::Model;
 use bitnetd::sampler::SamplerConfig;
 use bitnetd::tokenizer::Tokenizer;
-use json_schema_common::{refused, schemas, violation};
 
 const SEEDS: u64 = 100;
 

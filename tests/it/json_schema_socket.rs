@@ -3,11 +3,8 @@
 //! up to the final text, and bad schemas are refused as bad_request naming keyword, pointer
 //! and request id.
 
-use crate::daemon;
-use crate::json_schema_common;
-
-use daemon::Daemon;
-use json_schema_common::{refused, schemas, violation};
+use crate::daemon::Daemon;
+use crate::json_schema_common::{refused, schemas, violation};
 use serde_json::json;
 
 const SEEDS: u64 = 10;

@@ -1,17 +1,13 @@
 //! Home Assistant MQTT discovery end to end: a real mosquitto, the built daemon, and rumqttc
 //! clients reading the retained discovery topics as Home Assistant would.
 
-use crate::common;
-use crate::daemon;
-use crate::daemon::mqtt;
-use crate::power;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, PATIENCE, refused_config};
-use mqtt::*;
-use power::{Tree, cpu};
+use crate::common;
+use crate::daemon::mqtt::*;
+use crate::daemon::{self, Daemon, PATIENCE, refused_config};
+use crate::power::{Tree, cpu};
 
 /// The daemon's minimum gap between two announcements (`discovery::ANNOUNCE_GAP`).
 const ANNOUNCE_GAP: Duration = Duration::from_secs(5);

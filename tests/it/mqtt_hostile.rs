@@ -6,16 +6,13 @@
 //! The MQTT payloads and topics of these attacks are also the seeds of the `mqtt_payload`
 //! fuzz target (fuzz/seeds/mqtt_payload), which the last tests replay.
 
-use crate::common;
-use crate::daemon;
-use crate::daemon::mqtt;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common;
+use crate::daemon::mqtt::*;
+use crate::daemon::{Daemon, PATIENCE, wait_for};
 use bitnetd::config::Config;
-use daemon::{Daemon, PATIENCE, wait_for};
-use mqtt::*;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::{Value, json};
 

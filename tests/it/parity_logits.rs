@@ -1,9 +1,7 @@
 //! The forward pass against the logits bitnet.cpp computed on the reference models.
 
-use crate::common;
-
+use crate::common::*;
 use bitnetd::model::{HeadChoice, Logits, Model};
-use common::*;
 
 fn check_step0(model: &Model, case: &str) {
     let r = read_tokens(&format!("{case}.tokens.txt"));

@@ -25,21 +25,19 @@
 //!   kernel (`kernels/tests`), and the SIMD F16 products equal the scalar ones bit for bit
 //!   on every shape used here, head dim 128 included (`kernels/tests/x86_equality.rs`).
 
-use crate::common;
-use crate::daemon;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
+use crate::daemon;
 use bitnet_kernels::dispatch::{Kernel, KernelChoice};
 use bitnetd::compute::Pool;
 use bitnetd::engine::{Engine, GenParams};
 use bitnetd::model::Model;
 use bitnetd::sampler::SamplerConfig;
 use bitnetd::tokenizer::Tokenizer;
-use common::*;
 
 const STEPS: usize = 32;
 /// bitnet.cpp's context for these cases (`-c 1024`).

@@ -3,14 +3,12 @@
 //! missing or broken files degrade to a fixed thread count. Through the library and through
 //! `bitnetd power --json`.
 
-use crate::power;
-
 use std::process::Command;
 use std::time::Duration;
 
+use crate::power::Tree;
 use bitnetd::power::speed::SpeedCurve;
 use bitnetd::power::{Governor, Machine, Policy, Settings, SysRoot};
-use power::Tree;
 use serde_json::Value;
 
 fn governor(policy: Policy, threads: usize) -> Governor {

@@ -1,11 +1,9 @@
 //! Changing the thread count and pinning between forward passes (as the power governor does,
 //! between tokens and prompt batches) keeps the logits bit-identical to one thread's.
 
-use crate::common;
-
+use crate::common::*;
 use bitnetd::compute::{Phase, Plan, Pool};
 use bitnetd::model::{Logits, Model};
-use common::*;
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()

@@ -3,16 +3,14 @@
 //! socket unit does) and leaves that socket's file alone: no chmod, no removal at exit, and
 //! no socket of its own at `socket.path`.
 
-use crate::common;
-use crate::daemon;
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Client, PATIENCE, request};
+use crate::common;
+use crate::daemon::{Client, PATIENCE, request};
 use serde_json::json;
 
 fn socket_activate_tool() -> Option<PathBuf> {

@@ -3,13 +3,11 @@
 //! SIGHUP, forged log lines. The built binary on real Unix sockets; the long prompts run on
 //! a 125M-shaped gen-dummy model.
 
-use crate::daemon;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use daemon::{Client, Daemon, PATIENCE, dummy_125m, long_prompt, request};
+use crate::daemon::{self, Client, Daemon, PATIENCE, dummy_125m, long_prompt, request};
 use serde_json::{Value, json};
 
 /// Reads one JSON line from a raw stream.

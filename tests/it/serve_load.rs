@@ -2,14 +2,12 @@
 //! requests without memory growth. Nothing here is timed: the assertions are about outcomes
 //! and counts, and the waits only bound a hung daemon.
 
-use crate::daemon;
-
 use std::io::{BufRead, Write};
 use std::net::Shutdown;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 
-use daemon::{Client, Daemon, PATIENCE, SHORT_PROMPTS, long_request, request};
+use crate::daemon::{Client, Daemon, PATIENCE, SHORT_PROMPTS, long_request, request};
 use serde_json::{Value, json};
 
 #[test]

@@ -5,16 +5,14 @@
 //! The same lines are the seed corpus of the `request_parse` fuzz target (fuzz/seeds), which
 //! the last tests replay through the parser and rewrite on demand.
 
-use crate::daemon;
-
 use std::panic::catch_unwind;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::daemon::{self, Daemon, request};
 use bitnetd::config::Config;
 use bitnetd::server::protocol::{Incoming, parse_line};
-use daemon::{Daemon, request};
 
 const SEEDS: &str = "fuzz/seeds/request_parse";
 /// The daemon's line limit in these tests.

@@ -1,14 +1,11 @@
 //! The MQTT transport end to end: a real mosquitto on a free loopback port, the built
 //! binary serving the tiny reference model, and rumqttc clients playing the devices.
 
-use crate::common;
-use crate::daemon;
-use crate::daemon::mqtt;
-
 use std::time::{Duration, Instant};
 
-use daemon::{refused_config, request, wait_for};
-use mqtt::*;
+use crate::common;
+use crate::daemon::mqtt::*;
+use crate::daemon::{refused_config, request, wait_for};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::json;
 

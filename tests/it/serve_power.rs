@@ -2,13 +2,10 @@
 //! state in `status` (and joules per token from a sensor), decisions that follow the fake
 //! machine, and an idle daemon that uses (almost) no CPU.
 
-use crate::daemon;
-use crate::power;
-
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, PATIENCE, request};
-use power::{Tree, cpu};
+use crate::daemon::{Daemon, PATIENCE, request};
+use crate::power::{Tree, cpu};
 
 /// A two-core board like this machine (so that pinning can work here), with a power sensor.
 fn two_core_board() -> Tree {

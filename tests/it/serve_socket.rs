@@ -1,13 +1,11 @@
 //! The daemon end to end: the built binary serving the tiny reference model on a real Unix
 //! socket in a temporary directory.
 
-use crate::daemon;
-
 use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::{Client, Daemon, PATIENCE, long_request, refused_config, request};
+use crate::daemon::{Client, Daemon, PATIENCE, long_request, refused_config, request};
 use serde_json::{Value, json};
 
 #[test]

@@ -3,16 +3,14 @@
 //! replaced, and nothing else found at the path (a live daemon's socket, a symlink, a file,
 //! a directory) is touched: the daemon refuses to start and says why, naming the path.
 
-use crate::common;
-use crate::daemon;
-
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Client, Daemon, PATIENCE};
+use crate::common;
+use crate::daemon::{Client, Daemon, PATIENCE};
 use serde_json::json;
 
 /// A config serving the tiny model on `socket`, with `socket_extra` in its `[socket]` table.

@@ -2,12 +2,10 @@
 //! `no_model` when there is none to load (the package's first start), and a model file cut
 //! short stops the daemon with a message instead of a crash.
 
-use crate::common;
-use crate::daemon;
-
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, PATIENCE, dummy_125m, long_prompt, request};
+use crate::common;
+use crate::daemon::{Daemon, PATIENCE, dummy_125m, long_prompt, request};
 use serde_json::json;
 
 #[test]

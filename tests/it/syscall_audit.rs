@@ -8,17 +8,15 @@
 //! Names are those of the architecture the test runs on (x86_64 in CI); the aarch64 guest
 //! of scripts/pi-vm-test.sh runs the same unit for real.
 
-use crate::common;
-use crate::daemon;
-
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::mqtt::Broker;
-use daemon::{Client, PATIENCE, request, wait_for};
+use crate::common;
+use crate::daemon::mqtt::Broker;
+use crate::daemon::{Client, PATIENCE, request, wait_for};
 use serde_json::json;
 
 const UNIT: &str = include_str!("../../systemd/bitnetd.service");

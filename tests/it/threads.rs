@@ -1,11 +1,9 @@
 //! The compute pool changes who computes, never what: logits are bit-identical for any
 //! thread count, for a prompt batch (all positions), and for decode steps.
 
-use crate::common;
-
+use crate::common::*;
 use bitnetd::compute::Pool;
 use bitnetd::model::{Logits, Model};
-use common::*;
 
 /// Every position's logits of a prompt, then 6 greedy decode steps' logits.
 fn trace(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {

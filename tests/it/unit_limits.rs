@@ -4,12 +4,10 @@
 //! a model that cannot load does not restart forever (`StartLimit*` in `[Unit]`, where
 //! systemd reads them).
 
-use crate::daemon;
-
 use std::path::Path;
 
+use crate::daemon::{self, Client, Daemon};
 use bitnetd::config::Config;
-use daemon::{Client, Daemon};
 use serde_json::json;
 
 /// `(section, key, value)` of every setting of the shipped service unit.
