@@ -13,15 +13,20 @@
 //! Compare with the time of one decode step of the 2B-4T shape (`bitnetd run -m MODEL -n 64`,
 //! with and without `--json-schema`) to get the relative cost.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bitnetd::constrain::{Allowed, Constraint, Schema, TokenTrie};
 use bitnetd::gguf::Gguf;
 use bitnetd::tokenizer::Tokenizer;
 use criterion::Criterion;
+
+/// A model of the reference set bitnet.cpp wrote (../shared/reference).
+fn reference(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference")
+        .join(file)
+}
 
 fn schema() -> Arc<Schema> {
     let v = serde_json::json!({"type": "object",
@@ -31,7 +36,7 @@ fn schema() -> Arc<Schema> {
 }
 
 fn bench_vocab(c: &mut Criterion, name: &str, file: &str) {
-    let g = Gguf::open(common::reference(file)).unwrap();
+    let g = Gguf::open(reference(file)).unwrap();
     let tokenizer = Tokenizer::from_gguf(&g, None).unwrap();
     let n = tokenizer.vocab_size();
     let mut group = c.benchmark_group(format!("json_mask/{name}"));

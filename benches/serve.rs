@@ -10,9 +10,13 @@
 //!
 //! One compute thread: on a shared machine the figures are then steadier.
 
-#[path = "../tests/common/mod.rs"]
+// The integration tests' daemon harness (and the helpers it uses), of which a bench needs
+// only the start and a client.
+#[allow(dead_code)]
+#[path = "../tests/it/common.rs"]
 mod common;
-#[path = "../tests/daemon/mod.rs"]
+#[allow(dead_code)]
+#[path = "../tests/it/daemon/mod.rs"]
 mod daemon;
 
 use std::time::{Duration, Instant};

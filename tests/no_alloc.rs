@@ -1,15 +1,13 @@
 //! Steady-state decoding allocates nothing: forward pass (on a 2-thread pool), sampling
 //! and the sampler's history, counted by a global allocator over all threads.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bitnetd::compute::Pool;
 use bitnetd::model::{Logits, Model};
 use bitnetd::sampler::{Sampler, SamplerConfig};
-use common::*;
 
 struct Counting;
 
@@ -40,7 +38,10 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn decode_steps_allocate_nothing_once_warm() {
-    let mut model = Model::load(reference("tiny-i2_s.gguf")).unwrap();
+    let mut model = Model::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/tiny-i2_s.gguf"),
+    )
+    .unwrap();
     model.set_pool(Pool::new(2, None).unwrap());
     let mut s = model.session(128);
     let mut sampler = Sampler::new(SamplerConfig {

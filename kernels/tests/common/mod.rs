@@ -3,12 +3,23 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::fmt::Display;
+use std::io::Write;
 use std::ops::Range;
 
 use bitnet_kernels::i2s::encode_i2s;
 use bitnet_kernels::scalar::{self, F16Sum, i2s_matmul};
 use bitnet_kernels::{ActsBlock, F16Matrix, I2sMatrix, OutRows, QuantizedActs};
 use half::f16;
+
+/// Reports that the calling test (or a part of it) cannot run on this CPU: one
+/// `SKIPPED: <test>: <reason>` line, which .ci/test counts and lists. Written to the stderr
+/// handle because libtest captures `eprintln!` of passing tests; one write, so that lines of
+/// tests running at once do not interleave.
+pub fn skip(reason: &str) {
+    let thread = std::thread::current();
+    let line = format!("SKIPPED: {}: {reason}\n", thread.name().unwrap_or("?"));
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
 
 /// SplitMix64: tiny and deterministic, so a failing case reproduces.
 pub struct Rng(u64);
