@@ -64,8 +64,9 @@ pub enum ModelError {
 /// prompts (sessions reserve room for this many).
 pub const PROMPT_BATCH: usize = 512;
 
-/// A loaded model. The weights stay in the file map; `Model` is immutable and can be
-/// shared by reference between the threads that compute with it.
+/// A loaded model. The weights stay in the file map. Its pool, kernel and head are set once
+/// after loading (`set_pool`, `set_kernel`, `set_head`); from then
+/// on it is only read, and the forward pass shares it by reference between its threads.
 pub struct Model {
     pub gguf: Gguf,
     pub hparams: HParams,
