@@ -65,8 +65,8 @@ pub enum ModelError {
 pub const PROMPT_BATCH: usize = 512;
 
 /// A loaded model. The weights stay in the file map. Its pool, kernel and head are set once
-/// after loading (`set_pool`, `set_kernel`, `set_head`); from then
-/// on it is only read, and the forward pass shares it by reference between its threads.
+/// after loading (`set_pool`, `set_kernel`, `set_head`); from then on it is only read, and
+/// the forward pass shares it by reference between its threads.
 pub struct Model {
     pub gguf: Gguf,
     pub hparams: HParams,
