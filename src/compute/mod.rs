@@ -323,6 +323,21 @@ mod tests {
     }
 
     #[test]
+    fn the_phase_hook_hears_every_pass_with_or_without_a_plan() {
+        let mut pool = Pool::new(2, None).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&heard);
+        pool.set_phase_hook(Arc::new(move |phase| log.lock().unwrap().push(phase)));
+        pool.enter(Phase::Prefill);
+        pool.enter(Phase::Decode);
+        pool.enter(Phase::Decode);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [Phase::Prefill, Phase::Decode, Phase::Decode]
+        );
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         assert!(matches!(Pool::new(0, None), Err(ComputeError::NoThreads)));
         assert!(matches!(
