@@ -123,7 +123,8 @@ pub struct Decision {
     /// Thread i runs on `cores[i]`; empty: unpinned.
     pub cores: Vec<usize>,
     /// The fast cores' clock ceiling while decoding and while evaluating prompts, kHz;
-    /// `None`: not controlled (left where it was).
+    /// `None`: the policy does not choose one (a daemon that controls the clock keeps it at
+    /// the full step, one that does not leaves it alone).
     pub clock_khz: Option<u64>,
     pub prefill_clock_khz: Option<u64>,
     pub reason: String,
@@ -373,6 +374,12 @@ impl Governor {
             }
             if self.shed > 0 {
                 reasons.push(format!("{why}: {}", shed_text(self.shed, room)));
+            } else if room + base > 1 {
+                // A step came back less than a step-down interval ago.
+                reasons.push(format!(
+                    "{why}: a step down within {} s",
+                    STEP_DOWN_EVERY.as_secs()
+                ));
             } else {
                 reasons.push(format!("{why}, already at one thread"));
             }
