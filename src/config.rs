@@ -145,6 +145,9 @@ pub struct PowerConfig {
     pub min_tokens_per_s: f64,
     /// On battery below this charge (%), balanced switches to powersave.
     pub battery_percent: f64,
+    /// With a writable clock ceiling, balanced decodes at the lowest clock measured at this
+    /// fraction of the full clock's decode speed or more.
+    pub decode_speed_fraction: f64,
     /// Where sysfs is read from (`/`; tests point it at a fake tree).
     pub sysfs_root: PathBuf,
 }
@@ -158,6 +161,7 @@ impl Default for PowerConfig {
             hysteresis_c: s.hysteresis_c,
             min_tokens_per_s: s.min_tokens_per_s,
             battery_percent: s.battery_percent,
+            decode_speed_fraction: s.decode_speed_fraction,
             sysfs_root: "/".into(),
         }
     }
@@ -171,6 +175,7 @@ impl PowerConfig {
             hysteresis_c: self.hysteresis_c,
             min_tokens_per_s: self.min_tokens_per_s,
             battery_percent: self.battery_percent,
+            decode_speed_fraction: self.decode_speed_fraction,
         }
     }
 
@@ -213,6 +218,13 @@ impl PowerConfig {
             "power.battery_percent",
             b,
             "it must be between 0 and 100",
+        )?;
+        let f = self.decode_speed_fraction;
+        check(
+            (0.5..=1.0).contains(&f),
+            "power.decode_speed_fraction",
+            f,
+            "it must be between 0.5 and 1",
         )
     }
 }
@@ -745,6 +757,7 @@ mod tests {
             ("hysteresis_c = 0", "power.hysteresis_c"),
             ("min_tokens_per_s = -1", "power.min_tokens_per_s"),
             ("battery_percent = 101", "power.battery_percent"),
+            ("decode_speed_fraction = 1.5", "power.decode_speed_fraction"),
             ("polcy = \"balanced\"", "polcy"),
         ] {
             let e = parse(&format!("[power]\n{text}\n"))

@@ -1,12 +1,14 @@
 //! `bitnetd power`: what the daemon sees of the machine (CPUs, temperature, throttling, power
-//! source) and what its thread policy would decide now; `--simulate` runs the policies on a
-//! modelled, passively cooled Raspberry Pi 5.
+//! source, whether it may set the clock) and what its policy would decide now; `--simulate`
+//! runs the policies on a modelled, passively cooled Raspberry Pi 5; `--grant-clock` and
+//! `--restore-clock` are the service unit's steps around the daemon (run as root).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::power::clock::{self, Clock};
 use crate::power::simulate::{self, Pi5Model};
 use crate::power::{Decision, Governor, Machine, Policy, Settings, SysRoot};
 
@@ -34,6 +36,16 @@ pub struct PowerArgs {
     /// The simulated Pi's clock when cool (config.txt `arm_freq`), MHz.
     #[arg(long, default_value_t = 2400, value_parser = clap::value_parser!(u64).range(1500..=2400), requires = "simulate")]
     pub arm_freq_mhz: u64,
+    /// Give GROUP (a name or a number) write access to the fast cores' cpufreq
+    /// scaling_max_freq, so that balanced may lower the decode clock (the unit runs this as
+    /// root before the daemon). Missing files are skipped.
+    #[arg(long, value_name = "GROUP", conflicts_with_all = ["simulate", "restore_clock"])]
+    pub grant_clock: Option<String>,
+    /// Write each fast core policy's cpuinfo_max_freq back into its scaling_max_freq (the
+    /// unit runs this as root after the daemon stops, even after a crash). Missing files are
+    /// skipped.
+    #[arg(long, conflicts_with = "simulate")]
+    pub restore_clock: bool,
 }
 
 /// `--json`'s object.
@@ -49,6 +61,10 @@ struct Report<'a> {
     on_battery: Option<bool>,
     battery_percent: Option<f64>,
     power_sensor: Option<&'a crate::power::supply::PowerSensor>,
+    /// The fast cores' clock ceilings the daemon could write (empty: it cannot)...
+    clock_steps_khz: Vec<u64>,
+    /// ...and why it cannot.
+    clock_unavailable: Option<String>,
     decision: &'a Decision,
 }
 
@@ -67,6 +83,18 @@ pub fn run(args: &PowerArgs) -> anyhow::Result<()> {
         return simulate(args);
     }
     let root = SysRoot::new(&args.sysfs_root);
+    if let Some(group) = &args.grant_clock {
+        let gid = clock::group_id(group, std::path::Path::new("/etc/group"))
+            .map_err(anyhow::Error::msg)?;
+        let files = clock::grant(&root, gid).map_err(anyhow::Error::msg)?;
+        report_files(&files, &format!("group {group} may write"));
+        return Ok(());
+    }
+    if args.restore_clock {
+        let files = clock::restore_max(&root).map_err(anyhow::Error::msg)?;
+        report_files(&files, "restored cpuinfo_max_freq into");
+        return Ok(());
+    }
     let machine = Machine::read(&root);
     let threads = args
         .threads
@@ -81,6 +109,11 @@ pub fn run(args: &PowerArgs) -> anyhow::Result<()> {
     let mut governor = Governor::new(settings, threads);
     let decision = governor.decide(&machine, Duration::ZERO);
     let zone = crate::power::thermal::soc_zone(&machine.zones);
+    // Opening writes each ceiling back unchanged: the only way to learn it is writable.
+    let (clock_steps_khz, clock_unavailable) = match Clock::open(&root, &machine.fast_cores()) {
+        Ok(clock) => (clock.steps().to_vec(), None),
+        Err(why) => (Vec::new(), Some(why.to_string())),
+    };
     let report = Report {
         cpus: machine
             .cpus
@@ -102,6 +135,8 @@ pub fn run(args: &PowerArgs) -> anyhow::Result<()> {
         on_battery: machine.supply.on_battery,
         battery_percent: machine.supply.battery_percent,
         power_sensor: machine.sensor.as_ref(),
+        clock_steps_khz,
+        clock_unavailable,
         decision: &decision,
     };
     if args.json {
@@ -154,11 +189,36 @@ fn print_text(r: &Report) {
     if let Some(s) = r.power_sensor {
         println!("power sensor: {} ({:?} {})", s.name, s.kind, s.micro);
     }
+    match (r.clock_steps_khz.as_slice(), &r.clock_unavailable) {
+        ([first, .., last], _) | ([first @ last], _) => println!(
+            "clock control: available, ceilings {}-{} MHz (balanced calibrates at start)",
+            first / 1000,
+            last / 1000
+        ),
+        (_, why) => println!(
+            "clock control: unavailable: {}",
+            why.as_deref().unwrap_or("no clock steps")
+        ),
+    }
     let d = r.decision;
+    let clocks = match (d.clock_khz, d.prefill_clock_khz) {
+        (Some(c), Some(p)) => format!(" at {} / {} MHz", c / 1000, p / 1000),
+        _ => String::new(),
+    };
     println!(
-        "decision ({}): decode {} threads, prefill {} threads, cores {:?}\n  because {}",
+        "decision ({}): decode {} threads, prefill {} threads, cores {:?}{clocks}\n  because {}",
         d.policy, d.decode_threads, d.prefill_threads, d.cores, d.reason
     );
+}
+
+/// One line per file `--grant-clock` or `--restore-clock` changed, or that there was none.
+fn report_files(files: &[PathBuf], what: &str) {
+    if files.is_empty() {
+        println!("no cpufreq scaling_max_freq for the fast cores: nothing to do");
+    }
+    for f in files {
+        println!("{what} {}", f.display());
+    }
 }
 
 fn simulate(args: &PowerArgs) -> anyhow::Result<()> {
@@ -179,9 +239,9 @@ fn simulate(args: &PowerArgs) -> anyhow::Result<()> {
         args.minutes, model.prompt_tokens, model.reply_tokens, args.arm_freq_mhz
     );
     println!(
-        "| policy | tokens/s | of performance | throttled | max °C | W | J/token | decode s at 1/2/3/4 threads |"
+        "| policy | tokens/s | of performance | throttled | max °C | W | J/token | clock MHz (decode / prefill) | decode s at 1/2/3/4 threads |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for o in &outcomes {
         let s: Vec<String> = o
             .decode_thread_s
@@ -189,14 +249,16 @@ fn simulate(args: &PowerArgs) -> anyhow::Result<()> {
             .map(|s| format!("{s:.0}"))
             .collect();
         println!(
-            "| {} | {:.2} | {:.1}% | {:.0} s | {:.1} | {:.2} | {:.3} | {} |",
-            o.policy,
+            "| {} | {:.2} | {:.1}% | {:.0} s | {:.1} | {:.2} | {:.3} | {:.0} / {:.0} | {} |",
+            o.name,
             o.tokens_per_s,
             o.tokens_per_s / base * 100.0,
             o.throttled_s,
             o.max_temperature_c,
             o.mean_watts,
             o.joules_per_token,
+            o.decode_mhz,
+            o.prefill_mhz,
             s.join(" / ")
         );
     }

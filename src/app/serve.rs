@@ -151,7 +151,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         ModelSource::Demo => boot(&config, common::model_path(None)?),
         ModelSource::Missing(message) => Boot::NoModel(message),
     };
-    server::run(config, boot).context("serving")
+    let served = server::run(config, boot).context("serving");
+    // Whatever ended the serving, the clock ceiling goes back to what it was.
+    crate::power::daemon::restore_clock();
+    served
 }
 
 /// Where the model to serve comes from.

@@ -38,7 +38,12 @@ pub struct Pool {
     plan: PlanHandle,
     /// Where the threads are pinned now, by the last plan applied.
     placed: Placement,
+    /// Told the phase before each forward pass (the power governor's clock).
+    on_enter: Option<PhaseHook>,
 }
+
+/// Called by [`Pool::enter`] with the kind of pass about to run, between passes.
+pub type PhaseHook = Arc<dyn Fn(Phase) + Send + Sync>;
 
 /// The threads the power policy wants for each kind of forward pass, and their cores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +94,7 @@ impl Pool {
             workers: Vec::new(),
             plan: Arc::new(Mutex::new(None)),
             placed: Placement::default(),
+            on_enter: None,
         }
     }
 
@@ -117,6 +123,7 @@ impl Pool {
             workers: Vec::with_capacity(threads - 1),
             plan: Arc::new(Mutex::new(None)),
             placed: Placement::default(),
+            on_enter: None,
         };
         for index in 1..threads {
             let broadcast = Arc::clone(&pool.broadcast);
@@ -149,6 +156,11 @@ impl Pool {
         Arc::clone(&self.plan)
     }
 
+    /// Calls `hook` with the phase at every [`enter`](Self::enter), before the plan applies.
+    pub fn set_phase_hook(&mut self, hook: PhaseHook) {
+        self.on_enter = Some(hook);
+    }
+
     /// Runs the next jobs on `threads` threads (clamped to `1..=capacity()`).
     pub fn set_active(&mut self, threads: usize) {
         self.broadcast.set_active(threads);
@@ -158,6 +170,9 @@ impl Pool {
     /// and pins the threads when the cores changed or another thread became the caller.
     /// `&mut self`: no job can be running.
     pub fn enter(&mut self, phase: Phase) {
+        if let Some(hook) = &self.on_enter {
+            hook(phase);
+        }
         let plan = match &*self.plan.lock().unwrap_or_else(PoisonError::into_inner) {
             Some(plan) => plan.clone(),
             None => return,
@@ -305,6 +320,21 @@ mod tests {
         });
         pool.enter(Phase::Prefill);
         assert_eq!((pool.capacity(), pool.n_threads(), count(&pool)), (3, 3, 3));
+    }
+
+    #[test]
+    fn the_phase_hook_hears_every_pass_with_or_without_a_plan() {
+        let mut pool = Pool::new(2, None).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&heard);
+        pool.set_phase_hook(Arc::new(move |phase| log.lock().unwrap().push(phase)));
+        pool.enter(Phase::Prefill);
+        pool.enter(Phase::Decode);
+        pool.enter(Phase::Decode);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [Phase::Prefill, Phase::Decode, Phase::Decode]
+        );
     }
 
     #[test]

@@ -206,6 +206,11 @@ impl Model {
         &self.pool
     }
 
+    /// See [`Pool::set_phase_hook`].
+    pub fn set_phase_hook(&mut self, hook: crate::compute::PhaseHook) {
+        self.pool.set_phase_hook(hook);
+    }
+
     /// Applies the power plan before a forward pass of kind `phase` (see [`Pool::enter`]).
     pub fn enter(&mut self, phase: crate::compute::Phase) {
         self.pool.enter(phase);

@@ -1,16 +1,18 @@
 //! The policy at work in `bitnetd serve`: the calibration at start, then a governor thread
-//! that reads the machine every few seconds, hands the pool its plan (applied between
-//! tokens), logs every change with its reason, and keeps what `status` reports.
+//! that reads the machine every few seconds, hands the pool its plan and the clock its
+//! ceilings (both applied between forward passes), logs every change with its reason, and
+//! keeps what `status` reports.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::compute::{Plan, PlanHandle};
+use crate::compute::{Phase, Plan, PlanHandle};
 use crate::model::Model;
 
-use super::calibrate::calibrate;
+use super::calibrate::{calibrate, calibrate_clock};
+use super::clock::Clock;
 use super::energy::PI5;
 use super::machine::Machine;
 use super::policy::{Decision, Governor, Policy, Settings};
@@ -31,6 +33,10 @@ pub struct PowerStatus {
     pub decode_threads: usize,
     pub prefill_threads: usize,
     pub cores: Vec<usize>,
+    /// The fast cores' clock ceiling while decoding and evaluating prompts, kHz (null: not
+    /// controlled).
+    pub clock_khz: Option<u64>,
+    pub prefill_clock_khz: Option<u64>,
     pub reason: String,
     pub on_battery: Option<bool>,
     pub battery_percent: Option<f64>,
@@ -89,10 +95,8 @@ impl Monitor {
             Some(w) => (w, "sensor"),
             None => {
                 let gbps = self.bytes_per_token * tokens_per_s / 1e9;
-                (
-                    PI5.watts(seen.status.decode_threads, PI5.full_khz, gbps),
-                    "estimate",
-                )
+                let khz = seen.status.clock_khz.map_or(PI5.full_khz, |k| k as f64);
+                (PI5.watts(seen.status.decode_threads, khz, gbps), "estimate")
             }
         };
         Some((watts / tokens_per_s, source))
@@ -100,6 +104,83 @@ impl Monitor {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The clock ceilings the governor chose, written by the engine's thread as it enters a
+/// forward pass (only when the wanted ceiling differs from the one written).
+#[derive(Debug)]
+pub struct ClockControl {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    clock: Clock,
+    /// Ceilings for prefill and decode; `None`: the full step.
+    prefill_khz: Option<u64>,
+    decode_khz: Option<u64>,
+}
+
+impl ClockControl {
+    fn new(clock: Clock) -> Self {
+        ClockControl {
+            state: Mutex::new(ClockState {
+                clock,
+                prefill_khz: None,
+                decode_khz: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn choose(&self, decision: &Decision) {
+        let mut s = self.lock();
+        s.prefill_khz = decision.prefill_clock_khz;
+        s.decode_khz = decision.clock_khz;
+    }
+
+    /// Before a forward pass of kind `phase`: its ceiling. A failed write ends the control
+    /// (restoring what it can) rather than failing every pass.
+    fn enter(&self, phase: Phase) {
+        let mut s = self.lock();
+        let wanted = match phase {
+            Phase::Prefill => s.prefill_khz,
+            Phase::Decode => s.decode_khz,
+        };
+        let khz = wanted.unwrap_or_else(|| s.clock.full_khz());
+        if let Err(e) = s.clock.set(khz) {
+            log::warn!("power: clock control stopped: {e}");
+            if let Err(e) = s.clock.restore() {
+                log::warn!("power: {e}");
+            }
+        }
+    }
+
+    /// Writes back the ceilings found at start; nothing is written afterwards.
+    pub fn restore(&self) {
+        match self.lock().clock.restore() {
+            Ok(()) => log::info!("power: clock ceiling restored"),
+            Err(e) => log::warn!("power: restoring the clock ceiling: {e}"),
+        }
+    }
+}
+
+/// The clock the daemon controls, for [`restore_clock`] on the way out.
+static CONTROLLED: Mutex<Option<Arc<ClockControl>>> = Mutex::new(None);
+
+/// Puts the clock ceilings back as they were at start, if the daemon set any (every path
+/// out of `serve` calls this; the unit's `--restore-clock` covers a crash).
+pub fn restore_clock() {
+    let taken = CONTROLLED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(control) = taken {
+        control.restore();
     }
 }
 
@@ -160,6 +241,11 @@ pub fn start(
             None => log::warn!("power: the calibration failed; balanced uses every fast core"),
         }
     }
+    let control = if governor.settings().policy == Policy::Balanced {
+        open_clock(&root, &fast, max_threads, &plan, model, &mut governor)
+    } else {
+        None
+    };
     let epoch = Instant::now();
     let decision = governor.decide(&machine, Duration::ZERO);
     let monitor = Arc::new(Monitor {
@@ -171,7 +257,7 @@ pub fn start(
         bytes_per_token: model.gguf.bytes().len() as f64,
     });
     monitor.observe(&decision, &machine);
-    apply(&plan, &decision, None);
+    apply(&plan, control.as_deref(), &decision, None);
     let shared = Arc::clone(&monitor);
     let spawned = std::thread::Builder::new()
         .name("power".into())
@@ -181,7 +267,7 @@ pub fn start(
                 std::thread::sleep(INTERVAL);
                 let machine = read_within(&root, within.as_deref());
                 let decision = governor.decide(&machine, epoch.elapsed());
-                apply(&plan, &decision, Some(&last));
+                apply(&plan, control.as_deref(), &decision, Some(&last));
                 shared.observe(&decision, &machine);
                 last = decision;
             }
@@ -190,6 +276,69 @@ pub fn start(
         log::warn!("power: cannot start the governor thread ({e}); the first decision stays");
     }
     monitor
+}
+
+/// Clock control for balanced when the fast cores' ceiling is writable: calibrated, hooked
+/// into the pool's passes and registered for [`restore_clock`]. Else one line says why not.
+fn open_clock(
+    root: &SysRoot,
+    fast: &[usize],
+    max_threads: usize,
+    plan: &PlanHandle,
+    model: &mut Model,
+    governor: &mut Governor,
+) -> Option<Arc<ClockControl>> {
+    let mut clock = match Clock::open(root, fast) {
+        Ok(clock) => clock,
+        Err(why) => {
+            log::info!("power: clock control unavailable: {why}: threads only");
+            return None;
+        }
+    };
+    let threads = fast.len().min(max_threads);
+    let cores = allowed(&fast[..threads]);
+    let fraction = governor.settings().decode_speed_fraction;
+    let started = Instant::now();
+    let curve = std::thread::scope(|s| {
+        s.spawn(|| {
+            calibrate_clock(
+                model,
+                plan,
+                threads,
+                &cores,
+                &mut clock,
+                fraction,
+                CALIBRATION / 4,
+            )
+        })
+        .join()
+        .ok()
+        .flatten()
+    });
+    let Some(curve) = curve else {
+        log::info!("power: clock control unavailable: the clock calibration failed: threads only");
+        if let Err(e) = clock.restore() {
+            log::warn!("power: {e}");
+        }
+        return None;
+    };
+    let speeds: Vec<String> = curve
+        .steps()
+        .iter()
+        .zip(curve.speeds())
+        .filter_map(|(khz, s)| s.map(|s| format!("{} MHz {s:.1}", khz / 1000)))
+        .collect();
+    log::info!(
+        "power: calibrated decode tokens/s on {threads} thread(s) in {:.0} ms: {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        speeds.join(", ")
+    );
+    governor.set_clock(curve);
+    let control = Arc::new(ClockControl::new(clock));
+    let hook = Arc::clone(&control);
+    model.set_phase_hook(Arc::new(move |phase| hook.enter(phase)));
+    *CONTROLLED.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&control));
+    Some(control)
 }
 
 impl Monitor {
@@ -215,18 +364,31 @@ impl Monitor {
     }
 }
 
-/// Hands the plan to the pool and logs a change with its reason.
-fn apply(plan: &PlanHandle, decision: &Decision, last: Option<&Decision>) {
-    if last.is_some_and(|l| l.same_threads(decision)) {
+/// Hands the plan to the pool and the ceilings to the clock, and logs a change with its
+/// reason.
+fn apply(
+    plan: &PlanHandle,
+    clock: Option<&ClockControl>,
+    decision: &Decision,
+    last: Option<&Decision>,
+) {
+    if last.is_some_and(|l| l.same_plan(decision)) {
         return;
     }
+    let clocks = match (decision.clock_khz, decision.prefill_clock_khz) {
+        (Some(d), Some(p)) => format!(" at {} / {} MHz", d / 1000, p / 1000),
+        _ => String::new(),
+    };
     log::info!(
-        "power: decode {} / prefill {} threads on cores {:?}: {}",
+        "power: decode {} / prefill {} threads on cores {:?}{clocks}: {}",
         decision.decode_threads,
         decision.prefill_threads,
         decision.cores,
         decision.reason
     );
+    if let Some(clock) = clock {
+        clock.choose(decision);
+    }
     *plan.lock().unwrap_or_else(PoisonError::into_inner) = Some(Plan {
         decode_threads: decision.decode_threads,
         prefill_threads: decision.prefill_threads,
@@ -255,6 +417,8 @@ pub fn status_of(d: &Decision, m: &Machine) -> PowerStatus {
         decode_threads: d.decode_threads,
         prefill_threads: d.prefill_threads,
         cores: d.cores.clone(),
+        clock_khz: d.clock_khz,
+        prefill_clock_khz: d.prefill_clock_khz,
         reason: d.reason.clone(),
         on_battery: m.supply.on_battery,
         battery_percent: m.supply.battery_percent,

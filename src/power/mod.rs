@@ -7,12 +7,14 @@
 //! - deciding: [`policy`] (the policies and the governor with its thermal hysteresis), fed by
 //!   [`speed`] curves that [`calibrate`] measures on the loaded model;
 //! - applying: [`daemon`] (the governor thread of `bitnetd serve` and its status), through
-//!   the compute pool's plan (`compute::Pool::enter`, between tokens);
+//!   the compute pool's plan (`compute::Pool::enter`, between tokens) and, when writable,
+//!   the fast cores' clock ceiling ([`clock`]);
 //! - judging: [`energy`] (joules per token) and [`simulate`] (a passively cooled Pi 5).
 //!
 //! Nothing here fails: what sysfs does not show degrades to a fixed thread count.
 
 pub mod calibrate;
+pub mod clock;
 pub mod cpus;
 pub mod daemon;
 pub mod energy;

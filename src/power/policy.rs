@@ -9,15 +9,17 @@ use serde::Serialize;
 
 use super::energy::PI5;
 use super::machine::Machine;
-use super::speed::SpeedCurve;
+use super::speed::{ClockCurve, SpeedCurve};
 
 /// How the daemon trades speed for heat and energy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Every fast core, prefill and decode.
     Performance,
-    /// Prefill on every fast core; decode on as many as give the fewest joules per token
-    /// (measured speed, modelled board power), one fewer near the soft temperature limit.
+    /// Prefill on every fast core at the full clock; decode, when the daemon may set the
+    /// clock, on every fast core at the lowest clock close enough to the full one's speed
+    /// (a step lower near the soft limit), else on as many cores as give the fewest joules
+    /// per token (measured speed, modelled board power), one fewer near the soft limit.
     #[default]
     Balanced,
     /// The fewest threads that keep `min_tokens_per_s`.
@@ -84,6 +86,9 @@ pub struct Settings {
     pub min_tokens_per_s: f64,
     /// On battery below this charge (%), balanced acts as powersave.
     pub battery_percent: f64,
+    /// With clock control, balanced decodes at the lowest clock measured at this fraction
+    /// of the full clock's decode speed or more.
+    pub decode_speed_fraction: f64,
 }
 
 impl Default for Settings {
@@ -94,6 +99,7 @@ impl Default for Settings {
             hysteresis_c: 3.0,
             min_tokens_per_s: 4.0,
             battery_percent: 20.0,
+            decode_speed_fraction: 0.97,
         }
     }
 }
@@ -116,23 +122,28 @@ pub struct Decision {
     pub prefill_threads: usize,
     /// Thread i runs on `cores[i]`; empty: unpinned.
     pub cores: Vec<usize>,
+    /// The fast cores' clock ceiling while decoding and while evaluating prompts, kHz;
+    /// `None`: the policy does not choose one (a daemon that controls the clock keeps it at
+    /// the full step, one that does not leaves it alone).
+    pub clock_khz: Option<u64>,
+    pub prefill_clock_khz: Option<u64>,
     pub reason: String,
 }
 
 impl Decision {
     /// Whether the two would run the pool differently (the reasons may differ).
-    pub fn same_threads(&self, other: &Decision) -> bool {
-        (
-            self.policy,
-            self.decode_threads,
-            self.prefill_threads,
-            &self.cores,
-        ) == (
-            other.policy,
-            other.decode_threads,
-            other.prefill_threads,
-            &other.cores,
-        )
+    pub fn same_plan(&self, other: &Decision) -> bool {
+        let plan = |d: &Decision| {
+            (
+                d.policy,
+                d.decode_threads,
+                d.prefill_threads,
+                d.cores.clone(),
+                d.clock_khz,
+                d.prefill_clock_khz,
+            )
+        };
+        plan(self) == plan(other)
     }
 }
 
@@ -144,7 +155,10 @@ pub struct Governor {
     max_threads: usize,
     /// Decode tokens/s against thread count, from the calibration at start.
     speed: Option<SpeedCurve>,
-    /// Threads shed because of heat or throttling.
+    /// Decode tokens/s against the clock, when the daemon may set it.
+    clock: Option<ClockCurve>,
+    /// Steps shed because of heat or throttling: decode clock steps first (as far as the
+    /// lowest), then threads.
     shed: usize,
     /// When `shed` last changed.
     last_step: Option<Duration>,
@@ -156,6 +170,7 @@ impl Governor {
             settings,
             max_threads: max_threads.max(1),
             speed: None,
+            clock: None,
             shed: 0,
             last_step: None,
         }
@@ -171,6 +186,15 @@ impl Governor {
 
     pub fn speed(&self) -> Option<&SpeedCurve> {
         self.speed.as_ref()
+    }
+
+    /// Lets balanced choose the decode clock from `curve`.
+    pub fn set_clock(&mut self, curve: ClockCurve) {
+        self.clock = Some(curve);
+    }
+
+    pub fn clock(&self) -> Option<&ClockCurve> {
+        self.clock.as_ref()
     }
 
     /// The soft limit on this machine.
@@ -190,6 +214,8 @@ impl Governor {
                 decode_threads: n,
                 prefill_threads: n,
                 cores: pin_list(&fast, n),
+                clock_khz: None,
+                prefill_clock_khz: None,
                 reason: format!("fixed: {n} threads as configured"),
             };
         }
@@ -200,15 +226,37 @@ impl Governor {
                 decode_threads: n,
                 prefill_threads: n,
                 cores: Vec::new(),
+                clock_khz: None,
+                prefill_clock_khz: None,
                 reason: format!("no CPU information in sysfs: a fixed {n} threads, unpinned"),
             };
         }
         let n_fast = fast.len();
         let mut reasons = Vec::new();
         let policy = self.effective_policy(m, &mut reasons);
+        // The decode clock's step, when balanced sets the clock.
+        let mut decode_step = None;
         let (decode, prefill) = match policy {
             Policy::Performance => {
                 reasons.push(format!("every fast core ({n_fast})"));
+                (n_fast, n_fast)
+            }
+            Policy::Balanced if self.clock.is_some() => {
+                let clock = self.clock.as_ref().expect("checked");
+                let fraction = self.settings.decode_speed_fraction;
+                let step = clock.lowest_within(fraction);
+                let (khz, full) = (clock.steps()[step], clock.steps()[clock.steps().len() - 1]);
+                reasons.push(format!(
+                    "decode on every fast core ({n_fast}) at {} MHz, the lowest clock measured \
+                     at >= {:.0}% of the full clock's decode speed ({:.1} of {:.1} tokens/s); \
+                     prefill at the full {} MHz",
+                    khz / 1000,
+                    fraction * 100.0,
+                    clock.speeds()[step].unwrap_or(0.0),
+                    clock.full_speed(),
+                    full / 1000
+                ));
+                decode_step = Some(step);
                 (n_fast, n_fast)
             }
             Policy::Balanced => {
@@ -252,16 +300,28 @@ impl Governor {
             Policy::Fixed(_) => unreachable!("handled above"),
         };
         // Performance means every fast core, whatever the firmware does about the heat.
+        // Clock steps below the chosen one come off before threads do.
+        let room = decode_step.unwrap_or(0);
         if policy != Policy::Performance {
-            self.step(m, now, decode.max(prefill), &mut reasons);
+            self.step(m, now, decode.max(prefill), room, &mut reasons);
         }
-        let decode = decode.saturating_sub(self.shed).max(1);
-        let prefill = prefill.saturating_sub(self.shed).max(1);
+        let threads_shed = self.shed.saturating_sub(room);
+        let decode = decode.saturating_sub(threads_shed).max(1);
+        let prefill = prefill.saturating_sub(threads_shed).max(1);
+        let (clock_khz, prefill_clock_khz) = match (decode_step, &self.clock) {
+            (Some(step), Some(clock)) => (
+                Some(clock.steps()[step - self.shed.min(room)]),
+                clock.steps().last().copied(),
+            ),
+            _ => (None, None),
+        };
         Decision {
             policy,
             decode_threads: decode,
             prefill_threads: prefill,
             cores: pin_list(&fast, decode.max(prefill)),
+            clock_khz,
+            prefill_clock_khz,
             reason: format!("{policy}: {}", reasons.join("; ")),
         }
     }
@@ -281,9 +341,17 @@ impl Governor {
         }
     }
 
-    /// Sheds a thread when hot or throttled, gives one back when cool, no faster than the
-    /// step intervals; between the two temperatures nothing changes (hysteresis).
-    fn step(&mut self, m: &Machine, now: Duration, base: usize, reasons: &mut Vec<String>) {
+    /// Sheds a step when hot or throttled (a decode clock step while `room` allows, else a
+    /// thread), gives one back when cool, no faster than the step intervals; between the
+    /// two temperatures nothing changes (hysteresis).
+    fn step(
+        &mut self,
+        m: &Machine,
+        now: Duration,
+        base: usize,
+        room: usize,
+        reasons: &mut Vec<String>,
+    ) {
         let soft = self.soft_limit_c(m);
         let back = soft - self.settings.hysteresis_c;
         let since = self
@@ -300,12 +368,18 @@ impl Governor {
                 }
                 (None, None) => unreachable!(),
             };
-            if self.shed + 1 < base && since >= STEP_DOWN_EVERY {
+            if self.shed + 1 < room + base && since >= STEP_DOWN_EVERY {
                 self.shed += 1;
                 self.last_step = Some(now);
             }
             if self.shed > 0 {
-                reasons.push(format!("{why}: {} thread(s) fewer", self.shed));
+                reasons.push(format!("{why}: {}", shed_text(self.shed, room)));
+            } else if room + base > 1 {
+                // A step came back less than a step-down interval ago.
+                reasons.push(format!(
+                    "{why}: a step down within {} s",
+                    STEP_DOWN_EVERY.as_secs()
+                ));
             } else {
                 reasons.push(format!("{why}, already at one thread"));
             }
@@ -313,16 +387,33 @@ impl Governor {
             if cool && since >= STEP_UP_EVERY {
                 self.shed -= 1;
                 self.last_step = Some(now);
+                let what = if self.shed < room {
+                    "clock step"
+                } else {
+                    "thread"
+                };
                 reasons.push(format!(
-                    "cooled under {back:.1} °C: one thread back ({} still shed)",
+                    "cooled under {back:.1} °C: one {what} back ({} still shed)",
                     self.shed
                 ));
             } else {
                 reasons.push(format!(
-                    "{} thread(s) shed until the SoC stays under {back:.1} °C",
-                    self.shed
+                    "{} until the SoC stays under {back:.1} °C",
+                    shed_text(self.shed, room)
                 ));
             }
+        }
+    }
+}
+
+/// What `shed` steps mean with `room` clock steps to take first.
+fn shed_text(shed: usize, room: usize) -> String {
+    let clock = shed.min(room);
+    match (clock, shed - clock) {
+        (0, threads) => format!("{threads} thread(s) fewer"),
+        (clock, 0) => format!("decode clock {clock} step(s) lower"),
+        (clock, threads) => {
+            format!("decode clock {clock} step(s) lower (the lowest), {threads} thread(s) fewer")
         }
     }
 }

@@ -1,5 +1,6 @@
 //! A passively cooled Raspberry Pi 5 serving back-to-back requests for half an hour, with the
-//! real governor choosing the threads (`bitnetd power --simulate`).
+//! real governor choosing the threads and, where it may, the clock ceiling
+//! (`bitnetd power --simulate`).
 //!
 //! Modelled, not measured: the thermal model, the firmware's throttling, the board's power
 //! and the Pi's memory bandwidth are stated constants ([`Pi5Model`], README "Power"); the
@@ -15,7 +16,7 @@ use super::cpus::Cpu;
 use super::energy::{PI5, PowerModel};
 use super::machine::Machine;
 use super::policy::{Governor, Policy, Settings};
-use super::speed::SpeedCurve;
+use super::speed::{ClockCurve, SpeedCurve};
 use super::supply::Supply;
 use super::throttle::Throttle;
 
@@ -39,7 +40,8 @@ pub struct Pi5Model {
     /// by default): a lower one is how a Pi owner trades clock for heat today.
     pub arm_freq_khz: f64,
     pub min_khz: f64,
-    /// One firmware clock step each `firmware_tick_s`, kHz.
+    /// One firmware clock step each `firmware_tick_s`, kHz; also the steps of the cpufreq
+    /// ceiling (`scaling_available_frequencies`) from `min_khz` to `arm_freq_khz`.
     pub step_khz: f64,
     pub firmware_tick_s: f64,
     /// DRAM read bandwidth one A76 core gets, and all four together, GB/s.
@@ -121,12 +123,40 @@ impl Pi5Model {
             .collect();
         SpeedCurve::new(speeds).expect("the model's speeds are positive")
     }
+
+    /// The cpufreq ceilings the daemon may write, ascending, kHz.
+    pub fn clock_steps(&self) -> Vec<u64> {
+        let (min, max, step) = (
+            self.min_khz as u64,
+            self.arm_freq_khz as u64,
+            self.step_khz as u64,
+        );
+        let mut steps: Vec<u64> = (min..max).step_by(step as usize).collect();
+        steps.push(max);
+        steps
+    }
+
+    /// What the daemon's clock calibration would measure on the cool board: decode on every
+    /// core at each ceiling (the daemon stops at the first close enough; the choice is the
+    /// same).
+    pub fn clock_calibration(&self) -> ClockCurve {
+        let steps = self.clock_steps();
+        let speeds = steps
+            .iter()
+            .map(|&khz| Some(self.decode_tokens_per_s(CORES, khz as f64)))
+            .collect();
+        ClockCurve::new(steps, speeds).expect("the model's steps ascend")
+    }
 }
 
 /// One policy's half hour.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
+    /// The policy, and "(threads only)" when it could have set the clock but was not let.
+    pub name: String,
     pub policy: Policy,
+    /// Whether the governor could write the clock ceiling.
+    pub clock_control: bool,
     /// Generated tokens over the whole run, per second.
     pub tokens_per_s: f64,
     /// Seconds with the firmware's clock under its maximum or the SoC over its soft limit.
@@ -137,20 +167,33 @@ pub struct Outcome {
     pub mean_watts: f64,
     /// Seconds spent decoding with 1, 2, 3, 4 threads.
     pub decode_thread_s: [f64; CORES],
+    /// The mean clock while decoding and while evaluating prompts (the ceiling or the
+    /// firmware's clock, whichever is lower), MHz.
+    pub decode_mhz: f64,
+    pub prefill_mhz: f64,
 }
 
-/// Runs `policy` for `length` of back-to-back requests from a board at ambient temperature.
-pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
+/// Runs `policy` for `length` of back-to-back requests from a board at ambient temperature;
+/// with `clock_control` balanced may write the clock ceiling, as the daemon does when the
+/// unit grants it (the other policies never do).
+pub fn run(model: &Pi5Model, policy: Policy, clock_control: bool, length: Duration) -> Outcome {
     let settings = Settings {
         policy,
         ..Settings::default()
     };
     let mut governor = Governor::new(settings, CORES);
     governor.set_speed(model.calibration());
+    let clock_control = clock_control && policy == Policy::Balanced;
+    if clock_control {
+        governor.set_clock(model.clock_calibration());
+    }
     let mut machine = pi5_machine();
     let mut temp =
         model.ambient_c + (model.power.idle_w - model.off_soc_w) * model.thermal_resistance_k_per_w;
-    let mut khz = model.arm_freq_khz;
+    // The firmware's clock; the cores run at it or under the ceiling, whichever is lower.
+    let mut firmware_khz = model.arm_freq_khz;
+    let (mut decode_ceiling, mut prefill_ceiling) = (None, None);
+    let (mut decode_mhz_s, mut prefill_mhz_s, mut prefill_s) = (0.0, 0.0, 0.0);
     let (mut t, mut next_governor, mut next_tick) = (0.0, 0.0, 0.0);
     let (mut energy, mut generated, mut throttled_s, mut max_temp) = (0.0, 0.0, 0.0, temp);
     let mut decode_thread_s = [0.0; CORES];
@@ -161,17 +204,27 @@ pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
     while t < end {
         if t >= next_governor {
             machine.temperature_c = Some(temp);
-            machine.throttle = Some(firmware_flags(model, temp, khz));
+            machine.throttle = Some(firmware_flags(model, temp, firmware_khz));
             let d = governor.decide(&machine, Duration::from_secs_f64(t));
             (decode, prefill) = (d.decode_threads, d.prefill_threads);
+            (decode_ceiling, prefill_ceiling) = (d.clock_khz, d.prefill_clock_khz);
             next_governor += GOVERNOR_S;
         }
         if t >= next_tick {
-            khz = firmware_clock(model, temp, khz);
+            firmware_khz = firmware_clock(model, temp, firmware_khz);
             next_tick += model.firmware_tick_s;
         }
+        let prefilling = prompt_left > 0.0;
+        let ceiling = if prefilling {
+            prefill_ceiling
+        } else {
+            decode_ceiling
+        };
+        let khz = ceiling.map_or(firmware_khz, |c| firmware_khz.min(c as f64));
         // Work for one step: the prompt first, then the reply.
-        let (busy, gbps) = if prompt_left > 0.0 {
+        let (busy, gbps) = if prefilling {
+            prefill_mhz_s += khz / 1000.0 * STEP_S;
+            prefill_s += STEP_S;
             prompt_left -= model.prefill_tokens_per_s(prefill, khz) * STEP_S;
             // Prefill reads the weights once per batch: little traffic.
             (
@@ -184,6 +237,7 @@ pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
             reply_left -= made;
             generated += made;
             decode_thread_s[decode - 1] += STEP_S;
+            decode_mhz_s += khz / 1000.0 * STEP_S;
             if reply_left <= 0.0 {
                 (prompt_left, reply_left) = (model.prompt_tokens as f64, model.reply_tokens as f64);
             }
@@ -195,19 +249,29 @@ pub fn run(model: &Pi5Model, policy: Policy, length: Duration) -> Outcome {
         let cooling = (temp - model.ambient_c) / model.thermal_resistance_k_per_w;
         temp += (heat - cooling) * STEP_S / model.heat_capacity_j_per_k;
         max_temp = f64::max(max_temp, temp);
-        if khz < model.arm_freq_khz || temp >= model.firmware_soft_c {
+        if firmware_khz < model.arm_freq_khz || temp >= model.firmware_soft_c {
             throttled_s += STEP_S;
         }
         t += STEP_S;
     }
+    let decode_s: f64 = decode_thread_s.iter().sum();
+    let name = if policy == Policy::Balanced && !clock_control {
+        format!("{policy} (threads only)")
+    } else {
+        policy.to_string()
+    };
     Outcome {
+        name,
         policy,
+        clock_control,
         tokens_per_s: generated / end,
         throttled_s,
         max_temperature_c: max_temp,
         joules_per_token: energy / generated.max(1e-9),
         mean_watts: energy / end,
         decode_thread_s,
+        decode_mhz: decode_mhz_s / decode_s.max(1e-9),
+        prefill_mhz: prefill_mhz_s / prefill_s.max(1e-9),
     }
 }
 
@@ -259,12 +323,17 @@ fn pi5_machine() -> Machine {
     }
 }
 
-/// The three policies the issue compares, then every fixed thread count: what any policy
-/// that only chooses threads could reach.
+/// The three policies the issue compares (balanced with and without the clock ceiling),
+/// then every fixed thread count: what any policy that only chooses threads could reach.
 pub fn compare(model: &Pi5Model, length: Duration) -> Vec<Outcome> {
-    [Policy::Performance, Policy::Balanced, Policy::Powersave]
-        .into_iter()
-        .chain((1..=CORES).map(Policy::Fixed))
-        .map(|p| run(model, p, length))
+    let mut runs = vec![
+        (Policy::Performance, false),
+        (Policy::Balanced, true),
+        (Policy::Balanced, false),
+        (Policy::Powersave, false),
+    ];
+    runs.extend((1..=CORES).map(|n| (Policy::Fixed(n), false)));
+    runs.into_iter()
+        .map(|(p, clock)| run(model, p, clock, length))
         .collect()
 }

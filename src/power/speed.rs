@@ -61,6 +61,50 @@ impl SpeedCurve {
     }
 }
 
+/// Decode tokens/s on every fast core against the clock ceiling: the full clock and the
+/// steps the calibration measured (it stops once one is close enough to the full speed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClockCurve {
+    /// Ceilings, ascending, kHz; the last is the full clock.
+    steps: Vec<u64>,
+    /// Tokens/s at each, where measured.
+    speeds: Vec<Option<f64>>,
+}
+
+impl ClockCurve {
+    /// `None` without steps, with the full clock unmeasured, or with a speed that is not
+    /// positive and finite.
+    pub fn new(steps: Vec<u64>, speeds: Vec<Option<f64>>) -> Option<Self> {
+        let ok = !steps.is_empty()
+            && steps.len() == speeds.len()
+            && steps.windows(2).all(|w| w[0] < w[1])
+            && speeds.last().is_some_and(Option::is_some)
+            && speeds.iter().flatten().all(|v| v.is_finite() && *v > 0.0);
+        ok.then_some(ClockCurve { steps, speeds })
+    }
+
+    pub fn steps(&self) -> &[u64] {
+        &self.steps
+    }
+
+    pub fn speeds(&self) -> &[Option<f64>] {
+        &self.speeds
+    }
+
+    pub fn full_speed(&self) -> f64 {
+        self.speeds[self.speeds.len() - 1].unwrap_or(0.0)
+    }
+
+    /// The index of the lowest step measured within `fraction` of the full clock's speed.
+    pub fn lowest_within(&self, fraction: f64) -> usize {
+        let goal = self.full_speed() * fraction;
+        self.speeds
+            .iter()
+            .position(|s| s.is_some_and(|s| s >= goal))
+            .unwrap_or(self.steps.len() - 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +120,19 @@ mod tests {
         assert_eq!(c.at(9), 9.6);
         assert!(SpeedCurve::new(vec![]).is_none());
         assert!(SpeedCurve::new(vec![1.0, f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn the_lowest_clock_close_enough_to_the_full_one() {
+        let steps = vec![1_500_000, 1_800_000, 2_100_000, 2_400_000];
+        let c = ClockCurve::new(steps.clone(), vec![Some(8.0), Some(9.0), None, Some(9.2)]);
+        let c = c.unwrap();
+        assert_eq!(c.lowest_within(0.97), 1);
+        assert_eq!(c.lowest_within(0.85), 0);
+        assert_eq!(c.lowest_within(1.01), 3);
+        // The full clock must be measured; steps ascend.
+        assert!(ClockCurve::new(steps.clone(), vec![Some(1.0), None, None, None]).is_none());
+        assert!(ClockCurve::new(vec![2, 1], vec![Some(1.0), Some(1.0)]).is_none());
     }
 
     #[test]

@@ -91,6 +91,31 @@ impl Tree {
         }
     }
 
+    /// Gives cpufreq policy `cluster` a minimum clock, so that its ceiling has steps (100 MHz
+    /// apart up to `cpuinfo_max_freq`) the daemon may choose from.
+    pub fn clock_floor(&self, cluster: u64, min_khz: u64) {
+        self.write(
+            &format!("sys/devices/system/cpu/cpufreq/policy{cluster}/cpuinfo_min_freq"),
+            &format!("{min_khz}\n"),
+        );
+    }
+
+    /// Makes policy `cluster`'s `scaling_max_freq` unwritable even for root (these tests may
+    /// run as root, which file modes do not stop): a symlink to a read-only sysctl, which
+    /// the kernel refuses to anyone (EACCES), or EROFS where /proc/sys is mounted read-only.
+    pub fn read_only_ceiling(&self, cluster: u64) {
+        let rel = format!("sys/devices/system/cpu/cpufreq/policy{cluster}/scaling_max_freq");
+        std::fs::remove_file(self.path(&rel)).unwrap();
+        self.symlink("/proc/sys/kernel/ngroups_max", &rel);
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     /// A thermal zone (`/sys/class/thermal/thermal_zoneN` a symlink into devices/virtual),
     /// with trip points `(type, millidegrees)`.
     pub fn zone(&self, n: usize, kind: &str, millideg: i64, trips: &[(&str, i64)]) {

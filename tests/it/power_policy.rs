@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::power::Tree;
-use bitnetd::power::speed::SpeedCurve;
+use bitnetd::power::clock::Clock;
+use bitnetd::power::speed::{ClockCurve, SpeedCurve};
 use bitnetd::power::{Governor, Machine, Policy, Settings, SysRoot};
 use serde_json::Value;
 
@@ -367,5 +368,236 @@ fn broken_files_degrade_instead_of_failing() {
     assert!(
         v["temperature_c"].is_null() && v["throttled"].is_null(),
         "{v}"
+    );
+}
+
+const CEILING: &str = "sys/devices/system/cpu/cpufreq/policy0/scaling_max_freq";
+
+/// A Pi 5's decode on four cores against the ceiling, 1.5 to 2.4 GHz: memory-bound from
+/// 1.8 GHz up (97% of the full speed there), compute-bound under it.
+fn pi5_clock_curve() -> ClockCurve {
+    let steps: Vec<u64> = (15..=24).map(|s| s * 100_000).collect();
+    let speeds = [7.0, 8.0, 8.8, 9.05, 9.1, 9.15, 9.2, 9.25, 9.3, 9.3];
+    ClockCurve::new(steps, speeds.iter().map(|&s| Some(s)).collect()).unwrap()
+}
+
+#[test]
+fn a_writable_clock_decodes_capped_and_prefills_at_full_clock() {
+    let t = Tree::pi5();
+    t.clock_floor(0, 1_500_000);
+    let root = SysRoot::new(t.root());
+    let mut clock = Clock::open(&root, &read(&t).fast_cores()).unwrap();
+    assert_eq!(clock.steps().len(), 10);
+    assert_eq!(clock.full_khz(), 2_400_000);
+    let mut g = governor(Policy::Balanced, 4);
+    g.set_speed(SpeedCurve::new(vec![6.3, 8.4, 9.1, 9.3]).unwrap());
+    g.set_clock(pi5_clock_curve());
+    let d = g.decide(&read(&t), Duration::ZERO);
+    assert_eq!(
+        (d.decode_threads, d.prefill_threads),
+        (4, 4),
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.clock_khz, Some(1_800_000), "{}", d.reason);
+    assert_eq!(d.prefill_clock_khz, Some(2_400_000));
+    assert!(
+        d.reason.contains("at 1800 MHz") && d.reason.contains(">= 97%"),
+        "{}",
+        d.reason
+    );
+    // What the engine's thread writes as it enters each phase, then the original back.
+    clock.set(d.clock_khz.unwrap()).unwrap();
+    assert_eq!(t.read(CEILING), "1800000");
+    clock.set(d.prefill_clock_khz.unwrap()).unwrap();
+    assert_eq!(t.read(CEILING), "2400000");
+    clock.set(1_500_000).unwrap();
+    clock.restore().unwrap();
+    assert_eq!(t.read(CEILING), "2400000");
+    // Restored: later writes do nothing.
+    clock.set(1_500_000).unwrap();
+    assert_eq!(t.read(CEILING), "2400000");
+    // A stricter fraction picks a higher clock; performance and fixed never cap.
+    let mut strict = Governor::new(
+        Settings {
+            decode_speed_fraction: 0.995,
+            ..Settings::default()
+        },
+        4,
+    );
+    strict.set_clock(pi5_clock_curve());
+    assert_eq!(
+        strict.decide(&read(&t), Duration::ZERO).clock_khz,
+        Some(2_300_000)
+    );
+    for policy in [Policy::Performance, Policy::Fixed(2)] {
+        let mut g = governor(policy, 4);
+        g.set_clock(pi5_clock_curve());
+        let d = g.decide(&read(&t), Duration::ZERO);
+        assert_eq!((d.clock_khz, d.prefill_clock_khz), (None, None), "{policy}");
+    }
+}
+
+#[test]
+fn an_admins_lower_ceiling_stays_the_top_step() {
+    let t = Tree::pi5();
+    t.clock_floor(0, 1_500_000);
+    t.write(CEILING, "2000000\n");
+    let mut clock = Clock::open(&SysRoot::new(t.root()), &[0, 1, 2, 3]).unwrap();
+    assert_eq!(clock.full_khz(), 2_000_000);
+    clock.set(1_600_000).unwrap();
+    clock.restore().unwrap();
+    assert_eq!(t.read(CEILING), "2000000");
+}
+
+#[test]
+fn an_unwritable_or_missing_ceiling_leaves_threads_only() {
+    let t = Tree::pi5();
+    t.clock_floor(0, 1_500_000);
+    t.read_only_ceiling(0);
+    let e = Clock::open(&SysRoot::new(t.root()), &[0, 1, 2, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("scaling_max_freq not writable (") && e.contains("policy0/scaling_max_freq"),
+        "{e}"
+    );
+    // No steps (no cpuinfo_min_freq nor a frequency list), no cpufreq at all.
+    let e = Clock::open(&SysRoot::new(Tree::pi5().root()), &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no clock steps"), "{e}");
+    let empty = Tree::empty();
+    let e = Clock::open(&SysRoot::new(empty.root()), &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no cpufreq policy for cores [0]"), "{e}");
+    // `bitnetd power` says so.
+    let j = power_json(&t, &[]);
+    assert_eq!(j["clock_steps_khz"], serde_json::json!([]));
+    assert!(
+        j["clock_unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("not writable"),
+        "{j}"
+    );
+    assert!(j["decision"]["clock_khz"].is_null(), "{j}");
+}
+
+#[test]
+fn clock_steps_go_down_before_threads_and_come_back_after_them() {
+    let t = Tree::pi5();
+    let mut g = governor(Policy::Balanced, 4);
+    g.set_clock(pi5_clock_curve());
+    // (seconds, °C, decode MHz, decode and prefill threads). Decoding at 1800 MHz, three
+    // steps above the lowest: hot, one step each 10 s, then threads; cool (under 74 °C),
+    // threads come back first, one step each 30 s.
+    let ramp = [
+        (0, 60.0, 1800, 4, 4),
+        (10, 77.0, 1700, 4, 4),
+        (15, 79.0, 1700, 4, 4),
+        (20, 79.0, 1600, 4, 4),
+        (30, 79.0, 1500, 4, 4),
+        (40, 79.0, 1500, 3, 3),
+        (60, 75.0, 1500, 3, 3),
+        (70, 73.0, 1500, 4, 4),
+        (90, 73.0, 1500, 4, 4),
+        (100, 73.0, 1600, 4, 4),
+        (130, 73.0, 1700, 4, 4),
+        (160, 73.0, 1800, 4, 4),
+        (400, 73.0, 1800, 4, 4),
+    ];
+    for (s, c, mhz, decode, prefill) in ramp {
+        t.set_temp(0, (c * 1000.0) as i64);
+        let d = g.decide(&read(&t), Duration::from_secs(s));
+        let got = (d.clock_khz, d.decode_threads, d.prefill_threads);
+        assert_eq!(
+            got,
+            (Some(mhz * 1000), decode, prefill),
+            "at {s} s, {c} °C: {}",
+            d.reason
+        );
+        // Prompts are evaluated at the full clock whatever the heat.
+        assert_eq!(d.prefill_clock_khz, Some(2_400_000));
+    }
+    // The firmware's flags step the clock down too.
+    t.throttled("0x8\n");
+    let d = g.decide(&read(&t), Duration::from_secs(410));
+    assert_eq!(d.clock_khz, Some(1_700_000), "{}", d.reason);
+    assert!(
+        d.reason.contains("decode clock 1 step(s) lower"),
+        "{}",
+        d.reason
+    );
+}
+
+/// `bitnetd power --sysfs-root TREE` plus `args`: its stdout, after checking it succeeded.
+fn power_cmd(tree: &Tree, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+        .args(["power", "--sysfs-root"])
+        .arg(tree.root())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_units_grant_and_restore_commands_on_fake_trees() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = Tree::rk3588();
+    let little = "sys/devices/system/cpu/cpufreq/policy0/scaling_max_freq";
+    let bigs = [
+        "sys/devices/system/cpu/cpufreq/policy1/scaling_max_freq",
+        "sys/devices/system/cpu/cpufreq/policy2/scaling_max_freq",
+    ];
+    for f in bigs.iter().chain([&little]) {
+        std::fs::set_permissions(t.path(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // Our own group: a group anyone may give their files to.
+    let gid = std::fs::metadata(t.path(little)).unwrap().gid();
+    let out = power_cmd(&t, &["--grant-clock", &gid.to_string()]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    for f in bigs {
+        let meta = std::fs::metadata(t.path(f)).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o664, gid), "{f}");
+        assert!(out.contains(f), "{out}");
+    }
+    // The slow cores' ceiling is not the daemon's to change.
+    let meta = std::fs::metadata(t.path(little)).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o644);
+
+    // A crashed daemon left the big cores capped: the stop step writes their maximum back.
+    t.write(bigs[0], "1200000\n");
+    t.write(bigs[1], "1200000\n");
+    t.write(little, "1000000\n");
+    let out = power_cmd(&t, &["--restore-clock"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(t.read(bigs[0]), "2256000");
+    assert_eq!(t.read(bigs[1]), "2304000");
+    assert_eq!(t.read(little), "1000000");
+
+    // Nothing to change (a VM, a container): success, and it says so.
+    let empty = Tree::empty();
+    for args in [&["--grant-clock", "0"][..], &["--restore-clock"]] {
+        let out = power_cmd(&empty, args);
+        assert!(out.contains("nothing to do"), "{out}");
+    }
+    // A group that does not exist is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+        .args(["power", "--grant-clock", "no-such-group-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no group \"no-such-group-here\" in /etc/group"),
+        "{err}"
     );
 }

@@ -86,6 +86,91 @@ fn status_carries_the_power_state_and_it_follows_the_machine() {
     assert_eq!(done["finish_reason"], "length", "{done}");
 }
 
+const CEILING: &str = "sys/devices/system/cpu/cpufreq/policy0/scaling_max_freq";
+
+fn launch_balanced(tree: &Tree) -> Daemon {
+    Daemon::launch(
+        "threads = 2\n",
+        &[
+            "--sysfs-root",
+            tree.root().to_str().unwrap(),
+            "--power",
+            "balanced",
+        ],
+        &[],
+    )
+}
+
+#[test]
+fn a_writable_clock_is_calibrated_set_between_passes_and_restored_on_stop() {
+    let tree = two_core_board();
+    tree.clock_floor(0, 1_500_000);
+    let mut d = launch_balanced(&tree);
+    d.wait_log("power: calibrated decode tokens/s on 2 thread(s) in ");
+    d.wait_log("power: decode ");
+    let p = d.status()["power"].clone();
+    // Decode on both cores at a ceiling of the calibration's choice (this machine's clock
+    // does not follow the fake file, so any step may be within 97% of the full one's speed).
+    let decode_khz = p["clock_khz"].as_u64().unwrap();
+    assert!(
+        (1_500_000..=2_400_000).contains(&decode_khz) && decode_khz.is_multiple_of(100_000),
+        "{p}"
+    );
+    assert_eq!(p["prefill_clock_khz"], 2_400_000, "{p}");
+    assert_eq!(
+        (&p["decode_threads"], &p["prefill_threads"]),
+        (&2.into(), &2.into())
+    );
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("MHz, the lowest clock"),
+        "{p}"
+    );
+    // The calibration left the full clock; a request ends on decode, at the ceiling chosen.
+    assert_eq!(tree.read(CEILING), "2400000");
+    let mut c = d.connect();
+    c.send(&request("r1", "Hello", 8));
+    let (_, done) = c.finish("r1");
+    assert_eq!(done["usage"]["completion_tokens"], 8, "{done}");
+    assert_eq!(tree.read(CEILING), decode_khz.to_string());
+    // Stopped: the ceiling found at start is back.
+    d.sigterm();
+    assert!(d.wait_exit(PATIENCE).is_some_and(|s| s.success()));
+    assert_eq!(tree.read(CEILING), "2400000");
+    assert!(
+        d.log().contains("power: clock ceiling restored"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn an_unwritable_clock_leaves_the_daemon_on_threads_only() {
+    let tree = two_core_board();
+    tree.clock_floor(0, 1_500_000);
+    tree.read_only_ceiling(0);
+    let d = launch_balanced(&tree);
+    d.wait_log("power: clock control unavailable: scaling_max_freq not writable (");
+    d.wait_log("power: decode ");
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("clock control")).unwrap();
+    assert!(line.ends_with(": threads only"), "{line}");
+    let p = d.status()["power"].clone();
+    assert!(
+        p["clock_khz"].is_null() && p["prefill_clock_khz"].is_null(),
+        "{p}"
+    );
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("measured decode speed"),
+        "{p}"
+    );
+}
+
 /// An idle daemon parks its threads: under 1% of one core over 60 s (utime + stime from
 /// /proc/PID/stat), after its start-up work is done.
 #[test]

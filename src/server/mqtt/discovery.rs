@@ -684,6 +684,8 @@ mod tests {
                 decode_threads: 3,
                 prefill_threads: 4,
                 cores: vec![0, 1, 2, 3],
+                clock_khz: None,
+                prefill_clock_khz: None,
                 reason: String::new(),
                 on_battery: None,
                 battery_percent: None,
