@@ -109,6 +109,38 @@ if echo "$pinned" | grep -q 'could not pin'; then
 fi
 say "run --cores 0 under the unit's filter ($(($# / 2)) lines) pinned without a warning"
 
+# The clock ceiling's path through the sandbox (README "Power"). The guest has no cpufreq, so
+# the unit's grant and restore steps must find nothing to do and succeed...
+for step in ExecStartPre ExecStopPost; do
+    systemctl show -p "$step" --value bitnetd.service | grep -q 'power --' || fail "no $step clock step in the unit"
+done
+journalctl -u bitnetd.service --no-pager -o cat | grep -q 'no cpufreq scaling_max_freq' \
+    || fail "the unit's --grant-clock did not run: $(journalctl -u bitnetd.service -o cat | grep -i clock | head -3)"
+# ...and what the daemon relies on where cpufreq exists is checked on another sysfs file that
+# root may write (KSM's run switch): a file granted to group bitnetd the way --grant-clock
+# does it is writable by the bitnetd user under the unit's own sandbox only through the
+# unit's ReadWritePaths= exception to ProtectKernelTunables=.
+knob=/sys/kernel/mm/ksm/run
+[ -w $knob ] || fail "no $knob in the guest kernel to check the sandbox with"
+chgrp bitnetd $knob && chmod g+w $knob || fail "chgrp/chmod of $knob (as --grant-clock does)"
+set --
+while IFS= read -r line; do
+    case $line in ReadWritePaths=*) ;; *) set -- "$@" -p "$line" ;; esac
+done <<EOF
+$(grep -E '^(User|Group|PrivateUsers|ProtectKernelTunables|ProtectSystem|NoNewPrivileges|SystemCallFilter|SystemCallErrorNumber|CapabilityBoundingSet)=' /usr/lib/systemd/system/bitnetd.service)
+EOF
+value=$(cat $knob)
+try_write() {
+    systemd-run --wait --pipe --quiet --collect "$@" /bin/sh -c "echo $value > $knob" 2>&1
+}
+if out=$(try_write "$@"); then
+    fail "the sandbox without ReadWritePaths= let the bitnetd user write $knob"
+fi
+say "without the exception the write is refused: $(echo "$out" | tail -1)"
+out=$(try_write "$@" -p ReadWritePaths=-/sys/kernel/mm/ksm) \
+    || fail "the bitnetd user could not write a granted file under ReadWritePaths=: $out"
+say "with ReadWritePaths= the bitnetd user writes a file granted to its group"
+
 # A clean stop: exit 0, offline status retained, no failed units, the socket left listening.
 t=$(date +%s)
 systemctl stop bitnetd.service || fail "systemctl stop"
