@@ -5,20 +5,14 @@ use std::process::Command;
 use crate::common::reference;
 
 fn bench(extra: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-        .arg("bench")
-        .arg("-m")
-        .arg(reference("tiny-i2_s.gguf"))
-        .args(["-p", "8", "-n", "3", "-r", "2", "-t", "2"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    crate::common::succeeds(
+        Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .arg("bench")
+            .arg("-m")
+            .arg(reference("tiny-i2_s.gguf"))
+            .args(["-p", "8", "-n", "3", "-r", "2", "-t", "2"])
+            .args(extra),
+    )
 }
 
 #[test]

@@ -1,8 +1,9 @@
-//! Helpers shared by the integration tests: the reference data bitnet.cpp wrote, and the
-//! report of a test that cannot run here.
+//! Helpers shared by the integration tests: the reference data bitnet.cpp wrote, the report
+//! of a test that cannot run here, and commands that must succeed.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 /// Reports that the calling test (or a part of it) cannot run on this machine: one
 /// `SKIPPED: <test>: <reason>` line, which .ci/test counts and lists. Written to the stderr
@@ -12,6 +13,18 @@ pub fn skip(reason: &str) {
     let thread = std::thread::current();
     let line = format!("SKIPPED: {}: {reason}\n", thread.name().unwrap_or("?"));
     let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Runs `cmd` to its end and returns what it wrote; the test fails with its stderr unless it
+/// exited 0.
+pub fn succeeds(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 pub fn reference(name: &str) -> PathBuf {

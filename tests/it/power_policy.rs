@@ -28,16 +28,11 @@ fn read(tree: &Tree) -> Machine {
 
 /// `bitnetd power --json --sysfs-root TREE` plus `extra`.
 fn power_json(tree: &Tree, extra: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-        .args(["power", "--json", "--sysfs-root"])
-        .arg(tree.root())
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::succeeds(
+        Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["power", "--json", "--sysfs-root"])
+            .arg(tree.root())
+            .args(extra),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -534,16 +529,11 @@ fn clock_steps_go_down_before_threads_and_come_back_after_them() {
 
 /// `bitnetd power --sysfs-root TREE` plus `args`: its stdout, after checking it succeeded.
 fn power_cmd(tree: &Tree, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-        .args(["power", "--sysfs-root"])
-        .arg(tree.root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::succeeds(
+        Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["power", "--sysfs-root"])
+            .arg(tree.root())
+            .args(args),
     );
     String::from_utf8(out.stdout).unwrap()
 }

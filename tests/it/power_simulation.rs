@@ -9,15 +9,10 @@ use serde_json::Value;
 /// `bitnetd power --simulate --json` plus `extra`: the outcomes by name (the policy, with
 /// "(threads only)" for balanced without the clock ceiling).
 fn simulate(extra: &[&str]) -> Vec<(String, Value)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-        .args(["power", "--simulate", "--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::succeeds(
+        Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["power", "--simulate", "--json"])
+            .args(extra),
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["minutes"], 30);

@@ -232,17 +232,12 @@ fn trace_serve(dir: &Path, broker: &Broker) -> PathBuf {
 /// `bitnetd run --cores 0`: the pinning path (sched_setaffinity).
 fn trace_pinned_run(dir: &Path) -> PathBuf {
     let trace = dir.join("run.trace");
-    let out = strace(&trace)
-        .arg(env!("CARGO_BIN_EXE_bitnetd"))
-        .args(["run", "-m"])
-        .arg(common::reference("tiny-i2_s.gguf"))
-        .args(["-t", "2", "--cores", "0", "-n", "4", "-p", "Hello"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::succeeds(
+        strace(&trace)
+            .arg(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["run", "-m"])
+            .arg(common::reference("tiny-i2_s.gguf"))
+            .args(["-t", "2", "--cores", "0", "-n", "4", "-p", "Hello"]),
     );
     trace
 }

@@ -303,15 +303,10 @@ pub fn dummy_125m() -> PathBuf {
         static PARTS: AtomicUsize = AtomicUsize::new(0);
         let n = PARTS.fetch_add(1, Ordering::Relaxed);
         let part = path.with_extension(format!("{}-{n}.part", std::process::id()));
-        let out = Command::new(env!("CARGO_BIN_EXE_bitnetd"))
-            .args(["gen-dummy", "--model-size", "125M", "--outfile"])
-            .arg(&part)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        crate::common::succeeds(
+            Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+                .args(["gen-dummy", "--model-size", "125M", "--outfile"])
+                .arg(&part),
         );
         std::fs::rename(&part, &path).unwrap();
     }
