@@ -48,6 +48,13 @@ pub struct Rendered {
 }
 
 impl Rendered {
+    /// `text` as content only: no markup.
+    pub fn literal(text: &str) -> Self {
+        let mut out = Rendered::default();
+        out.content(text);
+        out
+    }
+
     fn markup(&mut self, s: &str) {
         self.text.push_str(s);
     }

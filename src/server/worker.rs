@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::chat::{ChatTemplate, Message, Role};
+use crate::chat::{ChatTemplate, Message, Rendered, Role};
 use crate::engine::{Engine, FinishReason, GenParams, Outcome, Step};
 
 use super::log_escape::Escaped;
 use super::metrics::RequestEnd;
-use super::protocol::{Done, ErrorCode, Event, Timings, Usage};
+use super::protocol::{Done, ErrorCode, Event, Prompt, Timings, Usage};
 use super::queue::{Job, Next, QueueReceiver, Stats};
 
 /// How often the idle engine wakes to show the watchdog it is alive.
@@ -169,9 +169,13 @@ impl Worker {
     }
 
     /// The job's prompt tokens: the chat template's markup with special tokens, the
-    /// messages' content as plain text (a client cannot forge control tokens).
+    /// messages' content (or a raw prompt, whole) as plain text (a client cannot forge
+    /// control tokens).
     fn prompt(&self, job: &Job) -> Result<Vec<u32>, (usize, ErrorCode, String)> {
-        let rendered = self.template.render_marked(&job.request.messages, true);
+        let rendered = match &job.request.prompt {
+            Prompt::Chat(messages) => self.template.render_marked(messages, true),
+            Prompt::Text(text) => Rendered::literal(text),
+        };
         let tokens = self
             .engine
             .tokenizer

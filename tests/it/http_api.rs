@@ -76,6 +76,76 @@ fn openai_chat_streams_server_sent_events_ending_in_done() {
     assert_eq!(models["data"][0]["id"], "tiny-i2_s.gguf", "{models}");
 }
 
+/// A raw prompt is continued as it is (OpenAI's /v1/completions, Ollama's `raw`, the
+/// protocol's `"raw": true`): the same greedy text as `bitnetd run -p` (which applies no
+/// template), and fewer prompt tokens than the same prompt as a chat turn.
+#[test]
+fn raw_prompts_are_continued_as_run_continues_them() {
+    let prompt = "The capital of France is";
+    let out = crate::common::succeeds(
+        std::process::Command::new(env!("CARGO_BIN_EXE_bitnetd"))
+            .args(["run", "-m"])
+            .arg(crate::common::reference("tiny-i2_s.gguf"))
+            .args(["-p", prompt, "-n", "8", "--temp", "0", "-t", "1"]),
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+
+    let port = free_port();
+    let d = Daemon::start(&http_config(port, ""));
+    let openai = post(
+        port,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 8, "temperature": 0.0}),
+    );
+    assert_eq!(openai.status, 200, "{}", openai.body);
+    let openai = openai.json();
+    let text = openai["choices"][0]["text"].as_str().unwrap().to_owned();
+    assert!(
+        printed.starts_with(&format!("{prompt}{text}")),
+        "run printed {printed:?}, /v1/completions gave {text:?}"
+    );
+
+    let generate = |raw: bool| {
+        let r = post(
+            port,
+            "/api/generate",
+            &json!({"model": "m", "prompt": prompt, "raw": raw, "stream": false,
+                    "options": {"num_predict": 8, "temperature": 0}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    let raw = generate(true);
+    assert_eq!(raw["response"], text.as_str(), "{raw}");
+    let raw_tokens = raw["prompt_eval_count"].as_u64().unwrap();
+    assert_eq!(openai["usage"]["prompt_tokens"], raw_tokens, "{openai}");
+    let templated = generate(false);
+    assert!(
+        templated["prompt_eval_count"].as_u64().unwrap() > raw_tokens,
+        "the chat template adds its markup: {templated}"
+    );
+
+    let mut c = d.connect();
+    c.send(
+        &json!({"id": "r", "prompt": prompt, "raw": true, "max_tokens": 8,
+                   "temperature": 0.0}),
+    );
+    let (streamed, done) = c.finish("r");
+    assert_eq!(streamed, text, "{done}");
+    assert_eq!(done["usage"]["prompt_tokens"], raw_tokens, "{done}");
+    let bad = post(
+        port,
+        "/api/generate",
+        &json!({"model": "m", "prompt": prompt, "raw": "yes", "stream": false}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("raw must be true or false"),
+        "{}",
+        bad.body
+    );
+}
+
 #[test]
 fn ollama_chat_streams_ndjson_with_counts_and_durations() {
     let port = free_port();

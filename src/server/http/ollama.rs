@@ -230,6 +230,14 @@ fn wire_request(
                 "prompt".into(),
                 body.get("prompt").cloned().unwrap_or_default(),
             );
+            // Ollama's `raw`: the prompt is already in the model's format.
+            match body.get("raw") {
+                None | Some(Value::Null) => {}
+                Some(Value::Bool(raw)) => {
+                    wire.insert("raw".into(), (*raw).into());
+                }
+                Some(_) => return Err(jobs::bad("raw must be true or false".into())),
+            }
             if let Some(system) = body.get("system").filter(|v| !v.is_null()) {
                 let Some(system) = system.as_str() else {
                     return Err(jobs::bad("system must be a string".into()));

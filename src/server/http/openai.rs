@@ -161,6 +161,8 @@ fn wire_request(
                 }
             };
             wire.insert("prompt".into(), prompt.into());
+            // A completion continues the text itself: no chat template.
+            wire.insert("raw".into(), true.into());
         }
     }
     let max = body

@@ -5,4 +5,6 @@ pub mod event;
 pub mod request;
 
 pub use event::{Done, ErrorBody, ErrorCode, Event, Status, Timings, Usage};
-pub use request::{Command, GenRequest, Incoming, Rejection, parse_json, parse_line, parse_value};
+pub use request::{
+    Command, GenRequest, Incoming, Prompt, Rejection, parse_json, parse_line, parse_value,
+};

@@ -44,6 +44,8 @@ pub enum Command {
 struct WireRequest {
     id: String,
     prompt: Option<String>,
+    /// The prompt is the model's input as it is: no chat template, no system prompt.
+    raw: Option<bool>,
     system: Option<String>,
     messages: Option<Vec<WireMessage>>,
     max_tokens: Option<usize>,
@@ -82,13 +84,23 @@ struct WireCommand {
     id: Option<String>,
 }
 
+/// What a request gives the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// A conversation, rendered by the model's chat template on the engine thread.
+    Chat(Vec<Message>),
+    /// Text to continue as it is (`"raw": true`, OpenAI's `/v1/completions`, Ollama's
+    /// `raw`): no template and no system prompt; BOS as the model adds it.
+    Text(String),
+}
+
 /// A validated generation request, with the config's defaults filled in.
 #[derive(Debug, Clone)]
 pub struct GenRequest {
     /// The client's name for the request, echoed in each of its events.
     pub id: String,
-    /// The conversation, rendered by the model's chat template on the engine thread.
-    pub messages: Vec<Message>,
+    /// What the model is given.
+    pub prompt: Prompt,
     /// Tokens to generate at most.
     pub max_tokens: usize,
     pub sampler: SamplerConfig,
@@ -260,9 +272,20 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 
 fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
     check_id(&w.id)?;
-    let messages = match (w.prompt, w.messages) {
+    let raw = w.raw.unwrap_or(false);
+    let prompt = match (w.prompt, w.messages) {
         (Some(_), Some(_)) => return Err("give either prompt or messages, not both".into()),
         (None, None) => return Err("a request needs prompt or messages".into()),
+        (None, Some(_)) if raw => return Err("raw takes a prompt, not messages".into()),
+        (Some(_), None) if raw && w.system.is_some() => {
+            return Err("raw takes no system prompt: put it in the prompt".into());
+        }
+        (Some(prompt), None) if raw => {
+            if prompt.is_empty() {
+                return Err("prompt is empty".into());
+            }
+            Prompt::Text(prompt)
+        }
         (Some(prompt), None) => {
             if prompt.is_empty() {
                 return Err("prompt is empty".into());
@@ -273,7 +296,7 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
                 m.push(Message::new(Role::System, system));
             }
             m.push(Message::new(Role::User, prompt));
-            m
+            Prompt::Chat(m)
         }
         (None, Some(wire)) => {
             let roles = wire
@@ -313,7 +336,7 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
                     .zip(wire)
                     .map(|(role, w)| Message::new(role, w.content)),
             );
-            m
+            Prompt::Chat(m)
         }
     };
     let max_new = config.limits.max_new_tokens;
@@ -357,7 +380,7 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
     };
     Ok(GenRequest {
         id: w.id,
-        messages,
+        prompt,
         max_tokens,
         sampler,
         stop,
@@ -387,8 +410,11 @@ mod tests {
         .unwrap();
         let Incoming::Generate(r) = r else { panic!() };
         assert_eq!(r.id, "r1");
-        assert_eq!(r.messages.len(), 2);
-        assert_eq!(r.messages[0].role, Role::System);
+        let Prompt::Chat(messages) = &r.prompt else {
+            panic!("{:?}", r.prompt)
+        };
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].role, Role::System);
         assert_eq!(r.max_tokens, 5);
         assert_eq!(r.sampler.seed, 7);
         assert!(!r.stream);
@@ -397,7 +423,9 @@ mod tests {
     #[test]
     fn messages_cancel_and_commands_parse() {
         let r = parse(r#"{"id":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
-        assert!(matches!(r, Incoming::Generate(r) if r.messages.len() == 1));
+        assert!(
+            matches!(r, Incoming::Generate(r) if matches!(&r.prompt, Prompt::Chat(m) if m.len() == 1))
+        );
         assert!(matches!(parse(r#"{"cancel":"r1"}"#).unwrap(), Incoming::Cancel(c) if c == "r1"));
         assert!(matches!(
             parse(r#"{"cmd":"status"}"#).unwrap(),
@@ -463,7 +491,10 @@ mod tests {
             ..Config::default()
         };
         let messages = |line: &str| match parse_line(line.as_bytes(), &config).unwrap() {
-            Incoming::Generate(r) => r.messages,
+            Incoming::Generate(r) => match r.prompt {
+                Prompt::Chat(m) => m,
+                Prompt::Text(t) => panic!("raw text {t:?}"),
+            },
             other => panic!("{other:?}"),
         };
         let m = messages(r#"{"id":"a","prompt":"x"}"#);
@@ -477,5 +508,43 @@ mod tests {
         );
         assert_eq!(m[0], Message::new(Role::System, "own"));
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn a_raw_prompt_is_text_without_template_or_system() {
+        let config = Config {
+            system_prompt: "default".into(),
+            ..Config::default()
+        };
+        let parsed = |line: &str| parse_line(line.as_bytes(), &config);
+        let Ok(Incoming::Generate(r)) = parsed(r#"{"id":"a","prompt":"Once upon","raw":true}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r.prompt,
+            Prompt::Text("Once upon".into()),
+            "no default system prompt"
+        );
+        let Ok(Incoming::Generate(r)) = parsed(r#"{"id":"a","prompt":"x","raw":false}"#) else {
+            panic!()
+        };
+        assert!(matches!(r.prompt, Prompt::Chat(_)));
+        for (line, error) in [
+            (
+                r#"{"id":"a","raw":true,"messages":[{"role":"user","content":"x"}]}"#,
+                "raw takes a prompt, not messages",
+            ),
+            (
+                r#"{"id":"a","raw":true,"prompt":"x","system":"s"}"#,
+                "raw takes no system prompt",
+            ),
+            (r#"{"id":"a","raw":true,"prompt":""}"#, "prompt is empty"),
+            (r#"{"id":"a","raw":1,"prompt":"x"}"#, "raw"),
+        ] {
+            let r = rejected(line);
+            assert!(r.message.contains(error), "{line}: {}", r.message);
+            assert_eq!(r.id.as_deref(), Some("a"), "{line}");
+        }
     }
 }
