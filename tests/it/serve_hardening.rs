@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{self, Client, Daemon, PATIENCE, dummy_125m, long_prompt, request};
+use crate::daemon::{self, Client, Daemon, PATIENCE, dummy_daemon, long_prompt, request};
 use serde_json::{Value, json};
 
 /// Reads one JSON line from a raw stream.
@@ -158,17 +158,6 @@ fn one_user_cannot_hold_more_connections_than_its_cap() {
     let e = a.event();
     assert_eq!(e["error"]["code"], "closed", "{e}");
     b.send(&json!({"cancel": "b"}));
-}
-
-/// A 125M daemon with room for a ~1,500-token prompt.
-fn dummy_daemon(extra: &str) -> Daemon {
-    let top = format!(
-        "model = {:?}\nctx_size = 2048\n{extra}",
-        dummy_125m().display().to_string()
-    );
-    let mut d = Daemon::spawn(&top, &[], &[]);
-    d.ready = d.wait_ready();
-    d
 }
 
 /// Sends a ~1,500-token prompt and waits until the engine is evaluating it.

@@ -5,7 +5,9 @@ use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Client, Daemon, PATIENCE, long_request, refused_config, request};
+use crate::daemon::{
+    Client, Daemon, PATIENCE, dummy_daemon, long_prompt, long_request, refused_config, request,
+};
 use serde_json::{Value, json};
 
 #[test]
@@ -295,12 +297,13 @@ fn the_output_head_can_be_the_8_bit_copy() {
 
 #[test]
 fn a_request_past_its_timeout_is_cancelled() {
-    let d = Daemon::start("[limits]\nrequest_timeout_secs = 1\n");
+    // The tiny model generates 500 tokens in half a second on a quiet machine: a 1,480-token
+    // prompt and 500 tokens on the 125M model take seconds. A stop token before the timeout
+    // would end it as "stop".
+    let d = dummy_daemon("[limits]\nrequest_timeout_secs = 1\n");
     let mut c = d.connect();
-    c.send(&long_request("slow"));
+    c.send(&request("slow", &long_prompt(1480), 500));
     let (_, done) = c.finish("slow");
-    // 500 tokens take longer than a second on any machine these tests run on; a stop
-    // token before that would end it as "stop".
     assert!(
         done["finish_reason"] == "cancelled" || done["finish_reason"] == "stop",
         "{done}"

@@ -293,6 +293,18 @@ pub fn long_request(id: &str) -> Value {
     request(id, "Tell me a long story about the sea", 500)
 }
 
+/// A daemon on the 125M dummy model with room for a ~1,500-token prompt: work that takes
+/// seconds on any machine (the tiny model answers 500 tokens in half a second).
+pub fn dummy_daemon(extra: &str) -> Daemon {
+    let top = format!(
+        "model = {:?}\nctx_size = 2048\n{extra}",
+        dummy_125m().display().to_string()
+    );
+    let mut d = Daemon::spawn(&top, &[], &[]);
+    d.ready = d.wait_ready();
+    d
+}
+
 /// A 125M-shaped random model (`gen-dummy --model-size 125M`, 32 MB), made once and kept
 /// under target/tmp for later runs.
 pub fn dummy_125m() -> PathBuf {
