@@ -27,6 +27,26 @@ pub fn succeeds(cmd: &mut Command) -> Output {
     out
 }
 
+/// The string array at metadata `key` of `g` (the tokens, the merges).
+pub fn gguf_strings(g: &bitnetd::gguf::Gguf, key: &str) -> Vec<String> {
+    g.get(key)
+        .and_then(bitnetd::gguf::Value::as_array)
+        .unwrap_or_else(|| panic!("no string array {key}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The files of `dir` (a fuzz corpus), in name order.
+pub fn files_in(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn reference(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/reference")

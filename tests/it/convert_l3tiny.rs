@@ -17,15 +17,6 @@ use serde_json::json;
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-fn strs(g: &Gguf, key: &str) -> Vec<String> {
-    g.get(key)
-        .and_then(Value::as_array)
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
@@ -45,7 +36,7 @@ fn f32_tensor(name: &str, shape: Vec<usize>, values: &[f32]) -> StTensor {
 /// tokenizer.json and tokenizer_config.json as Hugging Face ships Llama 3's, from the
 /// GGUF's vocabulary.
 fn write_tokenizer(g: &Gguf, dir: &Path) {
-    let tokens = strs(g, "tokenizer.ggml.tokens");
+    let tokens = common::gguf_strings(g, "tokenizer.ggml.tokens");
     let types: Vec<i64> = g
         .get("tokenizer.ggml.token_type")
         .and_then(Value::as_array)
@@ -87,7 +78,7 @@ fn write_tokenizer(g: &Gguf, dir: &Path) {
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
-                  "vocab": vocab, "merges": strs(g, "tokenizer.ggml.merges")}
+                  "vocab": vocab, "merges": common::gguf_strings(g, "tokenizer.ggml.merges")}
     });
     std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
     let template = g.get("tokenizer.chat_template").unwrap().as_str().unwrap();

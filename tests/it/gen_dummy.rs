@@ -185,14 +185,7 @@ fn tokenizer_from_gguf(g: &Gguf) -> tokenizers::Tokenizer {
     use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let strings = |key: &str| -> Vec<String> {
-        g.get(key)
-            .and_then(Value::as_array)
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect()
-    };
+    let strings = |key: &str| common::gguf_strings(g, key);
     let vocab: tokenizers::models::bpe::Vocab = strings("tokenizer.ggml.tokens")
         .into_iter()
         .enumerate()

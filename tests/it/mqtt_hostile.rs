@@ -603,11 +603,7 @@ fn host_name() -> String {
 /// and what the envelope lets through is a topic a broker accepts.
 #[test]
 fn fuzz_seeds_parse_without_panic() {
-    let mut files: Vec<_> = std::fs::read_dir(SEEDS)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = crate::common::files_in(SEEDS);
     assert!(files.len() >= 20, "seed corpus missing from {SEEDS}");
     let config = Config::default();
     for path in &files {

@@ -653,11 +653,7 @@ fn an_id_is_free_again_as_soon_as_its_answer_arrives() {
 /// without cargo-fuzz: no panic, and every error is one JSON line.
 #[test]
 fn fuzz_seeds_parse_without_panic() {
-    let mut files: Vec<_> = std::fs::read_dir(SEEDS)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = crate::common::files_in(SEEDS);
     assert!(files.len() >= 50, "seed corpus missing from {SEEDS}");
     let config = Config::default();
     let mut failures = Vec::new();

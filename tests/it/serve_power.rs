@@ -21,16 +21,7 @@ fn two_core_board() -> Tree {
 #[test]
 fn status_carries_the_power_state_and_it_follows_the_machine() {
     let tree = two_core_board();
-    let d = Daemon::launch(
-        "threads = 2\n",
-        &[
-            "--sysfs-root",
-            tree.root().to_str().unwrap(),
-            "--power",
-            "balanced",
-        ],
-        &[],
-    );
+    let d = launch_balanced(&tree);
     d.wait_log("power: calibrated decode tokens/s");
     d.wait_log("power: decode ");
     let s = d.status();

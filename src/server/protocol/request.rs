@@ -273,6 +273,9 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
     check_id(&w.id)?;
     let raw = w.raw.unwrap_or(false);
+    if w.prompt.as_deref() == Some("") {
+        return Err("prompt is empty".into());
+    }
     let prompt = match (w.prompt, w.messages) {
         (Some(_), Some(_)) => return Err("give either prompt or messages, not both".into()),
         (None, None) => return Err("a request needs prompt or messages".into()),
@@ -280,16 +283,8 @@ fn validate(w: WireRequest, config: &Config) -> Result<GenRequest, String> {
         (Some(_), None) if raw && w.system.is_some() => {
             return Err("raw takes no system prompt: put it in the prompt".into());
         }
-        (Some(prompt), None) if raw => {
-            if prompt.is_empty() {
-                return Err("prompt is empty".into());
-            }
-            Prompt::Text(prompt)
-        }
+        (Some(prompt), None) if raw => Prompt::Text(prompt),
         (Some(prompt), None) => {
-            if prompt.is_empty() {
-                return Err("prompt is empty".into());
-            }
             let system = w.system.unwrap_or_else(|| config.system_prompt.clone());
             let mut m = Vec::new();
             if !system.is_empty() {
